@@ -1,0 +1,1 @@
+//! The enforcer (see the crate description).

@@ -1,0 +1,1 @@
+//! The streaming job (see the crate description).

@@ -1,0 +1,34 @@
+//! Contracts both sides of the gateway rely on.
+//!
+//! * [`event`]: what the enforcer emits — error events, traffic samples, per-route counts.
+//! * [`policy`]: what the pipeline decides — slices, actions, policies and versioned snapshots,
+//!   validated on the way in (parse, don't validate: a [`policy::PolicySnapshot`] that exists is valid).
+//! * [`dimension`]: the names of the request dimensions slices are learned from.
+//! * [`text`]: desensitization and the cheap template id, shared so both sides agree on ids.
+//!
+//! This crate does no I/O and has no async code.
+
+pub mod dimension;
+pub mod event;
+pub mod policy;
+pub mod text;
+
+pub use dimension::{DimensionKey, Dimensions};
+pub use event::{
+    EVENT_SCHEMA_VERSION, ErrorEvent, ErrorKind, GatewayRecord, RouteCounts, TrafficSample,
+};
+pub use policy::{
+    Action, Conjunction, DimensionMatch, Policy, PolicyError, PolicySnapshot, Ratio, Slice,
+};
+
+/// Well-known names shared across binaries (topics, etcd prefixes).
+pub mod names {
+    /// Kafka topic for error events.
+    pub const ERROR_EVENTS_TOPIC: &str = "error-events";
+    /// Kafka topic for traffic samples and per-route counts.
+    pub const TRAFFIC_TOPIC: &str = "traffic-stats";
+    /// Kafka topic carrying policy decisions from an external engine to the applier.
+    pub const POLICIES_TOPIC: &str = "policies";
+    /// etcd prefix under which policies live.
+    pub const ETCD_POLICY_PREFIX: &str = "/policies/";
+}

@@ -1,0 +1,1 @@
+//! The pipeline functions (see the crate description).
