@@ -1,0 +1,1 @@
+//! Text embeddings: the `Embedder` trait, the built-in candle model and an HTTP backend.
