@@ -15,6 +15,11 @@ pub type Dimensions = BTreeMap<String, String>;
 
 /// Names one request dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "json-schema",
+    schemars(extend("pattern" = r"^(route|method|upstream|(header|query|body|path|claim):\S{1,128})$"))
+)]
 #[serde(try_from = "String", into = "String")]
 pub enum DimensionKey {
     /// The configured route name.

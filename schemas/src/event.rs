@@ -18,6 +18,7 @@ pub const MAX_STACK_FRAMES: usize = 2;
 
 /// How a request counted as an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The upstream answered with a status code the route counts as an error.
@@ -32,6 +33,7 @@ pub enum ErrorKind {
 
 /// One failed request, desensitized, as the enforcer saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorEvent {
     /// Wire format version; see [`EVENT_SCHEMA_VERSION`].
@@ -79,6 +81,7 @@ pub struct ErrorEvent {
 /// One uniformly sampled request (error or not) with its dimensions, so the pipeline can
 /// estimate any slice's traffic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TrafficSample {
     /// Wire format version.
@@ -107,6 +110,7 @@ pub struct TrafficSample {
 
 /// Exact per-route, per-second counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteCounts {
     /// Wire format version.
@@ -125,6 +129,7 @@ pub struct RouteCounts {
 
 /// Everything the enforcer sends to its event sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum GatewayRecord {
     /// A failed request.

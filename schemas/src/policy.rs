@@ -12,6 +12,8 @@ use crate::dimension::DimensionKey;
 
 /// A number in `[0, 1]`, never NaN.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "json-schema", schemars(extend("minimum" = 0.0, "maximum" = 1.0)))]
 #[serde(try_from = "f64", into = "f64")]
 pub struct Ratio(f64);
 
@@ -51,6 +53,7 @@ impl From<Ratio> for f64 {
 
 /// One `key = value` test on a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DimensionMatch {
     /// Which dimension.
@@ -61,6 +64,7 @@ pub struct DimensionMatch {
 
 /// All matches must hold, on one route. No matches means the whole route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Conjunction {
     /// The route this conjunction applies to.
@@ -72,6 +76,7 @@ pub struct Conjunction {
 
 /// A union of conjunctions: a request is in the slice if any conjunction holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Slice {
     /// The conjunctions (at least one).
@@ -80,6 +85,7 @@ pub struct Slice {
 
 /// What to do to requests in a policy's slice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Admit at most `requests_per_second` (fleet-wide) with bursts up to `burst`; the rest get 429.
@@ -106,6 +112,7 @@ pub enum Action {
 
 /// One policy: a slice, an action, and the failure cluster that justified it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Unique id within a snapshot.
@@ -131,6 +138,7 @@ pub struct Policy {
 
 /// A versioned set of policies: what the enforcer swaps in atomically.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PolicySnapshot {
     version: u64,
     issued_at_ms: i64,
