@@ -2,13 +2,16 @@
 CARGO_TARGET_DIR ?= /var/cache/lag-target/main
 export CARGO_TARGET_DIR
 
-.PHONY: help run test lint fmt bench
+.PHONY: help run test lint deps-check fmt bench
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 test: ## run every test (what .ci/run calls)
 	cargo test --workspace --all-targets
-lint: ## formatting and clippy, warnings are errors
+lint: deps-check ## formatting, clippy (warnings are errors) and the enforcer's dependency rule
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+deps-check: ## the enforcer must never pull in the pipeline side (udfs, pipeline, arrow, datafusion, candle)
+	@bad=$$(cargo tree -p enforcer -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u | grep -E '^(udfs|pipeline|arrow.*|datafusion.*|candle.*|tokenizers)$$' || true); \
+	if [ -n "$$bad" ]; then echo "enforcer depends on the pipeline side: $$bad"; exit 1; fi; echo "enforcer dependency rule: ok"
 fmt: ## format the tree
 	cargo fmt --all

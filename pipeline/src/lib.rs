@@ -1,1 +1,4 @@
-//! The streaming job (see the crate description).
+//! The streaming job: sources, windowed SQL with the UDFs, the policy applier, sinks, API.
+
+pub mod applier;
+pub mod lifecycle;

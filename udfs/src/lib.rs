@@ -4,3 +4,4 @@
 //! the offline command runs them over files.
 
 pub mod embed;
+pub mod slice;
