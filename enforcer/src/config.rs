@@ -1,0 +1,741 @@
+//! The enforcer's YAML configuration.
+//!
+//! Every struct denies unknown fields, every field has a doc comment and its default lives in
+//! one `default_*` function. [`Config::load`] parses, then [`Config::validate`] checks what
+//! serde cannot; both report the field path (`routes[2].upstreams[0]`) and what is wrong.
+//! `enforcer/CONFIG.md` documents the file for operators.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemas::DimensionKey;
+use serde::Deserialize;
+
+use crate::predicate::Predicate;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Field path where parsing failed.
+        path: String,
+        /// What serde said.
+        message: String,
+    },
+    /// A value is inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Field path of the bad value.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/health`, `/ready`, `/metrics`). Default `127.0.0.1:9090`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Name reported as the service in events. Default `gateway`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Routes, tried in order; the first match wins. At least one.
+    pub routes: Vec<RouteConfig>,
+    /// Error events and traffic samples.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Where policies come from.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+    /// How long in-flight requests may take to finish on shutdown, ms. Default 10000.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// One route: which requests it takes, where they go, and how they are judged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name: a metrics label and the key of slices. Unique; `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// Which requests this route takes.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// Upstream base URLs (`http://host:port`), load-balanced round robin. At least one.
+    pub upstreams: Vec<String>,
+    /// Time allowed for the upstream's response head, ms. Default 5000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long an upstream that failed at the transport level is skipped, ms. Default 5000.
+    #[serde(default = "default_backoff_ms")]
+    pub unhealthy_backoff_ms: u64,
+    /// Largest request or response body inspected (JSON predicate, body dimensions), bytes.
+    /// Request bodies above it are refused with 413 when inspection is needed. Default 65536.
+    #[serde(default = "default_body_cap")]
+    pub max_inspected_body_bytes: usize,
+    /// What counts as an error on this route.
+    #[serde(default)]
+    pub errors: ErrorDefinition,
+    /// Request attributes slices may be learned from.
+    #[serde(default)]
+    pub dimensions: DimensionsConfig,
+    /// Response for the degrade action. Default: 503 with a JSON reason.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+    /// Classic protections for the whole route.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Authentication. Default: none.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Request matching. Empty fields match everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Host header to match (without port). Default: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix to match (`/api/`). Default `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Path pattern with named segments (`/users/{id}/orders`); exclusive with `path_prefix`.
+    #[serde(default)]
+    pub path_pattern: Option<String>,
+    /// Methods to match (upper case). Default: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// What counts as an error. Transport failures and timeouts always count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDefinition {
+    /// Status codes that count as errors. Default: 500 to 599.
+    #[serde(default = "default_error_statuses")]
+    pub statuses: Vec<u16>,
+    /// A predicate on the JSON body of 2xx responses that marks them as errors, e.g.
+    /// `$.code != 0`. Default: none.
+    #[serde(default)]
+    pub json_predicate: Option<String>,
+}
+
+impl Default for ErrorDefinition {
+    fn default() -> Self {
+        Self {
+            statuses: default_error_statuses(),
+            json_predicate: None,
+        }
+    }
+}
+
+/// Request attributes the pipeline may learn slices from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimensionsConfig {
+    /// Request headers (case-insensitive names).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Query-string parameters.
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// Top-level fields of a JSON request body (buffers the body up to the cap).
+    #[serde(default)]
+    pub body: Vec<String>,
+    /// Named segments of `match.path_pattern`.
+    #[serde(default)]
+    pub path: Vec<String>,
+    /// JWT claims (requires `auth.jwt`).
+    #[serde(default)]
+    pub claims: Vec<String>,
+    /// Most distinct values kept per dimension per route; later values become `<other>`.
+    /// Default 64.
+    #[serde(default = "default_max_values")]
+    pub max_values: usize,
+}
+
+impl Default for DimensionsConfig {
+    fn default() -> Self {
+        Self {
+            headers: Vec::new(),
+            query: Vec::new(),
+            body: Vec::new(),
+            path: Vec::new(),
+            claims: Vec::new(),
+            max_values: default_max_values(),
+        }
+    }
+}
+
+impl DimensionsConfig {
+    /// Every configured dimension as a key.
+    pub fn keys(&self) -> Result<Vec<DimensionKey>, schemas::dimension::DimensionKeyError> {
+        let groups: [(&str, &Vec<String>); 5] = [
+            ("header", &self.headers),
+            ("query", &self.query),
+            ("body", &self.body),
+            ("path", &self.path),
+            ("claim", &self.claims),
+        ];
+        groups
+            .iter()
+            .flat_map(|(kind, names)| names.iter().map(move |n| format!("{kind}:{n}").parse()))
+            .collect()
+    }
+}
+
+/// The degrade response.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Status code. Default 200.
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Body, sent as is. Default empty.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// Classic protections: what every gateway has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Token-bucket rate limit for the route. Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Circuit breaker for the route. Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// Circuit breaker per upstream host of the route. Default: none.
+    #[serde(default)]
+    pub upstream_circuit_breaker: Option<BreakerConfig>,
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second (> 0).
+    pub requests_per_second: f64,
+    /// Bucket size. Default: one second's worth, at least 1.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// A circuit breaker on error and slow-call ratios over a time window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Length of the sliding window, ms. Default 10000.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    /// Calls needed in the window before the breaker may open. Default 20.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    /// Error share that opens the breaker. Default 0.5.
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    /// A call slower than this counts as slow, ms. Default: slow calls not judged.
+    #[serde(default)]
+    pub slow_call_ms: Option<u64>,
+    /// Slow-call share that opens the breaker. Default 1.0 (never, unless lowered).
+    #[serde(default = "default_slow_ratio")]
+    pub slow_call_ratio: f64,
+    /// How long the breaker stays open before probing, ms. Default 30000.
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+    /// Share of traffic added back per successful half-open step. Default 0.2.
+    #[serde(default = "default_ramp_step")]
+    pub ramp_step: f64,
+    /// Probe outcomes judged per half-open step. Default 5.
+    #[serde(default = "default_probes")]
+    pub probes: u32,
+}
+
+/// Route authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct AuthConfig {
+    /// Accept requests carrying one of these keys. Default: not required.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
+    /// Require a valid JWT bearer token. Default: not required.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// API key authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// Header carrying the key. Default `x-api-key`.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// File with one accepted key per line.
+    pub keys_file: PathBuf,
+}
+
+/// JWT bearer authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256` or `RS256`.
+    pub algorithm: String,
+    /// HS256: file holding the shared secret; RS256: PEM file with the public key.
+    pub key_file: PathBuf,
+    /// Required `iss`, if any.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud`, if any.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// Events out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Where events go. Default `embedded` (an in-process channel the pipeline reads).
+    #[serde(default)]
+    pub sink: SinkKind,
+    /// Share of error events kept after the first ones of each template in each second.
+    /// Default 0.05 (the plan's rate).
+    #[serde(default = "default_sampling_rate")]
+    pub sampling_rate: f64,
+    /// Error events of one template always kept per second before sampling starts. Default 5.
+    #[serde(default = "default_first_per_template")]
+    pub first_per_template: u32,
+    /// Share of all requests sent as traffic samples with their dimensions. Default 0.05.
+    #[serde(default = "default_sampling_rate")]
+    pub traffic_sampling_rate: f64,
+    /// Capacity of the queue to the sink; when full, records are dropped and counted.
+    /// Default 65536.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            sink: SinkKind::default(),
+            sampling_rate: default_sampling_rate(),
+            first_per_template: default_first_per_template(),
+            traffic_sampling_rate: default_sampling_rate(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+/// The event sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// In-process channel (the embedded default).
+    #[default]
+    Embedded,
+    /// Discard everything (benchmarks).
+    Discard,
+}
+
+/// Where policies come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Source. Default `embedded` (in-process store fed by the pipeline).
+    #[serde(default)]
+    pub source: PolicySourceKind,
+    /// A snapshot file to load at start (`file` source). Default: none.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Count "would have rejected" for every policy without rejecting. Default false.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// The policy source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySourceKind {
+    /// In-process store (the embedded default).
+    #[default]
+    Embedded,
+    /// A JSON snapshot file, re-read on SIGHUP.
+    File,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_service_name() -> String {
+    "gateway".to_owned()
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_backoff_ms() -> u64 {
+    5_000
+}
+fn default_body_cap() -> usize {
+    64 * 1024
+}
+fn default_error_statuses() -> Vec<u16> {
+    (500..=599).collect()
+}
+fn default_max_values() -> usize {
+    64
+}
+fn default_fallback_status() -> u16 {
+    200
+}
+fn default_window_ms() -> u64 {
+    10_000
+}
+fn default_min_calls() -> u32 {
+    20
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_slow_ratio() -> f64 {
+    1.0
+}
+fn default_open_ms() -> u64 {
+    30_000
+}
+fn default_ramp_step() -> f64 {
+    0.2
+}
+fn default_probes() -> u32 {
+    5
+}
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+fn default_sampling_rate() -> f64 {
+    0.05
+}
+fn default_first_per_template() -> u32 {
+    5
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Parse {
+                path: if path == "." { "(root)".into() } else { path },
+                message: e.inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one route is required"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("routes[{i}].{field}");
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                return Err(invalid(
+                    at("name"),
+                    format!("{:?} must be non-empty and use only [A-Za-z0-9_.-]", r.name),
+                ));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
+            }
+            if r.upstreams.is_empty() {
+                return Err(invalid(
+                    at("upstreams"),
+                    "at least one upstream URL is required",
+                ));
+            }
+            for (j, u) in r.upstreams.iter().enumerate() {
+                crate::route::parse_upstream(u)
+                    .map_err(|m| invalid(at(&format!("upstreams[{j}]")), m))?;
+            }
+            if r.timeout_ms == 0 {
+                return Err(invalid(at("timeout_ms"), "must be > 0"));
+            }
+            if r.matcher.path_prefix.is_some() && r.matcher.path_pattern.is_some() {
+                return Err(invalid(
+                    at("match"),
+                    "use either path_prefix or path_pattern, not both",
+                ));
+            }
+            for (field, p) in [
+                ("path_prefix", &r.matcher.path_prefix),
+                ("path_pattern", &r.matcher.path_pattern),
+            ] {
+                if let Some(p) = p
+                    && !p.starts_with('/')
+                {
+                    return Err(invalid(
+                        at(&format!("match.{field}")),
+                        "must start with '/'",
+                    ));
+                }
+            }
+            for (j, m) in r.matcher.methods.iter().enumerate() {
+                if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
+                    return Err(invalid(
+                        at(&format!("match.methods[{j}]")),
+                        format!("{m:?} is not an upper-case HTTP method"),
+                    ));
+                }
+            }
+            for (j, s) in r.errors.statuses.iter().enumerate() {
+                if !(100..=599).contains(s) {
+                    return Err(invalid(
+                        at(&format!("errors.statuses[{j}]")),
+                        format!("{s} is not an HTTP status"),
+                    ));
+                }
+            }
+            if let Some(p) = &r.errors.json_predicate {
+                Predicate::parse(p)
+                    .map_err(|e| invalid(at("errors.json_predicate"), e.to_string()))?;
+            }
+            r.dimensions
+                .keys()
+                .map_err(|e| invalid(at("dimensions"), e.to_string()))?;
+            if r.dimensions.max_values == 0 {
+                return Err(invalid(at("dimensions.max_values"), "must be > 0"));
+            }
+            let pattern_params = r
+                .matcher
+                .path_pattern
+                .as_deref()
+                .map(crate::route::pattern_params)
+                .unwrap_or_default();
+            for (j, p) in r.dimensions.path.iter().enumerate() {
+                if !pattern_params.contains(p) {
+                    return Err(invalid(
+                        at(&format!("dimensions.path[{j}]")),
+                        format!("{{{p}}} is not a segment of match.path_pattern"),
+                    ));
+                }
+            }
+            if !r.dimensions.claims.is_empty() && r.auth.jwt.is_none() {
+                return Err(invalid(at("dimensions.claims"), "claims need auth.jwt"));
+            }
+            if let Some(f) = &r.fallback
+                && http::StatusCode::from_u16(f.status).is_err()
+            {
+                return Err(invalid(
+                    at("fallback.status"),
+                    format!("{} is not an HTTP status", f.status),
+                ));
+            }
+            if let Some(rl) = &r.limits.rate_limit
+                && !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0)
+            {
+                return Err(invalid(
+                    at("limits.rate_limit.requests_per_second"),
+                    "must be > 0",
+                ));
+            }
+            for (field, b) in [
+                ("limits.circuit_breaker", &r.limits.circuit_breaker),
+                (
+                    "limits.upstream_circuit_breaker",
+                    &r.limits.upstream_circuit_breaker,
+                ),
+            ] {
+                if let Some(b) = b {
+                    b.validate()
+                        .map_err(|(f, m)| invalid(at(&format!("{field}.{f}")), m))?;
+                }
+            }
+            if let Some(jwt) = &r.auth.jwt
+                && !matches!(jwt.algorithm.as_str(), "HS256" | "RS256")
+            {
+                return Err(invalid(at("auth.jwt.algorithm"), "must be HS256 or RS256"));
+            }
+        }
+        let e = &self.events;
+        for (field, v) in [
+            ("events.sampling_rate", e.sampling_rate),
+            ("events.traffic_sampling_rate", e.traffic_sampling_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(field, format!("{v} is outside [0, 1]")));
+            }
+        }
+        if e.queue_capacity == 0 {
+            return Err(invalid("events.queue_capacity", "must be > 0"));
+        }
+        if self.policies.source == PolicySourceKind::File && self.policies.file.is_none() {
+            return Err(invalid("policies.file", "the file source needs a file"));
+        }
+        Ok(())
+    }
+}
+
+impl BreakerConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let ratio = |f: &'static str, v: f64| {
+            if v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err((f, format!("{v} must be in (0, 1]")))
+            }
+        };
+        ratio("failure_ratio", self.failure_ratio)?;
+        ratio("slow_call_ratio", self.slow_call_ratio)?;
+        ratio("ramp_step", self.ramp_step)?;
+        if self.window_ms == 0 {
+            return Err(("window_ms", "must be > 0".into()));
+        }
+        if self.open_ms == 0 {
+            return Err(("open_ms", "must be > 0".into()));
+        }
+        if self.probes == 0 {
+            return Err(("probes", "must be >= 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "routes:\n  - name: api\n    upstreams: [\"http://127.0.0.1:9000\"]\n";
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.listen, default_listen());
+        let r = &c.routes[0];
+        assert_eq!(r.timeout_ms, 5_000);
+        assert_eq!(r.errors.statuses.len(), 100);
+        assert_eq!(c.events.sampling_rate, 0.05);
+        assert_eq!(c.policies.source, PolicySourceKind::Embedded);
+    }
+
+    fn err(yaml: &str) -> String {
+        Config::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let cases = [
+            ("routes: []\n", "routes: at least one route"),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://127.0.0.1:9000\"]\n    timeout: 3\n",
+                "routes[0]: unknown field `timeout`",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"ftp://x\"]\n",
+                "routes[0].upstreams[0]",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n    errors: {json_predicate: \"$.code !!= 0\"}\n",
+                "routes[0].errors.json_predicate",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n    limits: {circuit_breaker: {failure_ratio: 2}}\n",
+                "routes[0].limits.circuit_breaker.failure_ratio",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "routes[1].name: duplicate",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n    dimensions: {path: [id]}\n",
+                "routes[0].dimensions.path[0]",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sampling_rate: 1.5}\n",
+                "events.sampling_rate",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n    timeout_ms: -1\n",
+                "routes[0].timeout_ms",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(yaml);
+            assert!(
+                got.contains(want),
+                "for {yaml:?}\n got: {got}\nwant: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("enforcer") && name.ends_with(".yaml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no enforcer*.yaml in deploy/");
+    }
+}

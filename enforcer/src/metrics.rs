@@ -1,0 +1,132 @@
+//! The enforcer's metrics, registered into a registry the caller passes in (no globals).
+//!
+//! The plan's names (`gateway_requests_total`, `gateway_request_duration_seconds`,
+//! `rate_limit_hits_total`, `circuit_breaker_state`) keep their names; the enforcer's own
+//! follow `enforcer_<noun>_<unit>`. Labels are bounded: `path` is the route name, never the
+//! raw path; `cluster_id` only takes values of live policies.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the enforcer exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `gateway_requests_total{method,path,status,cluster_id}`.
+    pub requests: IntCounterVec,
+    /// `gateway_request_duration_seconds{method,path,cluster_id}`.
+    pub duration: HistogramVec,
+    /// `rate_limit_hits_total{cluster_id,policy_type}`: requests a policy or classic limit rejected.
+    pub rate_limit_hits: IntCounterVec,
+    /// `circuit_breaker_state{cluster_id}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `enforcer_shadow_rejections_total{cluster_id}`: would-have-rejected in shadow mode.
+    pub shadow_rejections: IntCounterVec,
+    /// `enforcer_event_queue_depth`: records waiting for the sink.
+    pub queue_depth: IntGauge,
+    /// `enforcer_events_enqueued_total{kind}`.
+    pub events_enqueued: IntCounterVec,
+    /// `enforcer_events_dropped_total{kind,reason}`: queue full or sink gone.
+    pub events_dropped: IntCounterVec,
+    /// `enforcer_policy_snapshot_version`.
+    pub snapshot_version: IntGauge,
+    /// `enforcer_policy_snapshots_refused_total`.
+    pub snapshots_refused: IntCounter,
+    /// `enforcer_policies_live`.
+    pub policies_live: IntGauge,
+    /// `enforcer_upstream_errors_total{route,kind}`: refused / timeout / body errors.
+    pub upstream_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "gateway_requests_total",
+                    "Requests handled, by route (path), status and policy cluster.",
+                ),
+                &["method", "path", "status", "cluster_id"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_request_duration_seconds",
+                    "Request latency through the enforcer.",
+                ),
+                &["method", "path", "cluster_id"],
+            )?,
+            rate_limit_hits: IntCounterVec::new(
+                Opts::new(
+                    "rate_limit_hits_total",
+                    "Requests rejected by a policy or a classic limit.",
+                ),
+                &["cluster_id", "policy_type"],
+            )?,
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "circuit_breaker_state",
+                    "Breaker state: 0 closed, 1 open, 2 half-open.",
+                ),
+                &["cluster_id"],
+            )?,
+            shadow_rejections: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_shadow_rejections_total",
+                    "Requests a shadow policy would have rejected.",
+                ),
+                &["cluster_id"],
+            )?,
+            queue_depth: IntGauge::new(
+                "enforcer_event_queue_depth",
+                "Records waiting for the event sink.",
+            )?,
+            events_enqueued: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_events_enqueued_total",
+                    "Records queued for the event sink.",
+                ),
+                &["kind"],
+            )?,
+            events_dropped: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_events_dropped_total",
+                    "Records dropped: queue full or sink gone.",
+                ),
+                &["kind", "reason"],
+            )?,
+            snapshot_version: IntGauge::new(
+                "enforcer_policy_snapshot_version",
+                "Version of the policy snapshot in force.",
+            )?,
+            snapshots_refused: IntCounter::new(
+                "enforcer_policy_snapshots_refused_total",
+                "Snapshots refused as invalid or stale.",
+            )?,
+            policies_live: IntGauge::new(
+                "enforcer_policies_live",
+                "Policies in the snapshot in force.",
+            )?,
+            upstream_errors: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_upstream_errors_total",
+                    "Upstream failures by kind.",
+                ),
+                &["route", "kind"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.rate_limit_hits.clone()))?;
+        registry.register(Box::new(m.breaker_state.clone()))?;
+        registry.register(Box::new(m.shadow_rejections.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.events_enqueued.clone()))?;
+        registry.register(Box::new(m.events_dropped.clone()))?;
+        registry.register(Box::new(m.snapshot_version.clone()))?;
+        registry.register(Box::new(m.snapshots_refused.clone()))?;
+        registry.register(Box::new(m.policies_live.clone()))?;
+        registry.register(Box::new(m.upstream_errors.clone()))?;
+        Ok(m)
+    }
+}
