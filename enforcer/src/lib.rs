@@ -2,12 +2,17 @@
 //! traffic, captures errors, and streams events out without ever slowing a request.
 
 pub mod auth;
+pub mod body;
 pub mod breaker;
 pub mod capture;
+pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
 pub mod predicate;
+pub mod proxy;
 pub mod route;
+pub mod server;

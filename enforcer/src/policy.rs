@@ -67,6 +67,8 @@ pub enum Verdict {
     Pass {
         /// Matching policies.
         matched: Vec<Arc<PolicyRuntime>>,
+        /// The first shadow policy that would have rejected it.
+        would_reject: Option<Arc<PolicyRuntime>>,
     },
     /// Reject it.
     Reject {
@@ -306,9 +308,11 @@ impl CompiledPolicies {
         let Some(candidates) = self.by_route.get(req.route) else {
             return Verdict::Pass {
                 matched: Vec::new(),
+                would_reject: None,
             };
         };
         let mut matched = Vec::new();
+        let mut would_reject = None;
         for p in candidates {
             if !p.policy.is_live(wall_ms) || !p.contains(req) {
                 continue;
@@ -322,10 +326,14 @@ impl CompiledPolicies {
                         retry_after_ms,
                     };
                 }
+                would_reject.get_or_insert_with(|| Arc::clone(p));
             }
             matched.push(Arc::clone(p));
         }
-        Verdict::Pass { matched }
+        Verdict::Pass {
+            matched,
+            would_reject,
+        }
     }
 }
 
@@ -581,7 +589,7 @@ mod tests {
         for _ in 0..5 {
             // Admit whatever the ramp lets through; those probes succeed.
             for _ in 0..10 {
-                if let Verdict::Pass { matched } = store.load().judge(&view("pay", &d), t, 0) {
+                if let Verdict::Pass { matched, .. } = store.load().judge(&view("pay", &d), t, 0) {
                     for p in matched {
                         p.record(t, None, 5);
                     }

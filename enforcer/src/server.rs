@@ -1,0 +1,409 @@
+//! Wiring: listeners, the admin endpoints, background tasks, and one shutdown tree.
+//!
+//! [`Gateway::start`] binds both listeners (so `/ready` can say they are up), builds the
+//! proxy, and spawns the named tasks — proxy accept loop, admin accept loop, the once-a-second
+//! ticker (route counts, breaker gauges), and the file policy source when configured. Each
+//! task stops on the shared cancellation token; the proxy then drains in-flight requests for
+//! at most `shutdown_grace_ms`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::{Encoder, Registry, TextEncoder};
+use schemas::GatewayRecord;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{ProxyBody, full};
+use crate::clock::Clock;
+use crate::config::{Config, PolicySourceKind, SinkKind};
+use crate::events::EventEmitter;
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+use crate::proxy::Proxy;
+
+/// Largest snapshot accepted on the admin endpoint.
+const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A running enforcer.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    /// The policy store (the embedded policy source writes here).
+    pub policies: Arc<PolicyStore>,
+    /// The receiving end of the event queue, for an in-process consumer (embedded sink).
+    pub events: Option<mpsc::Receiver<GatewayRecord>>,
+    /// The metrics.
+    pub metrics: Metrics,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Binds, builds and starts everything; returns once both listeners accept.
+    pub async fn start(
+        config: Config,
+        registry: &Registry,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let clock = Clock::default();
+        let metrics = Metrics::register(registry).context("registering metrics")?;
+        let policies = Arc::new(PolicyStore::new(
+            config.policies.shadow,
+            config.policies.source == PolicySourceKind::Embedded,
+        ));
+        let (emitter, events_rx) = EventEmitter::new(&config.events, metrics.clone());
+        let emitter = Arc::new(emitter);
+        let proxy = Arc::new(
+            Proxy::new(
+                &config,
+                Arc::clone(&policies),
+                Arc::clone(&emitter),
+                metrics.clone(),
+                clock,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let proxy_listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the proxy listener {}", config.listen))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let mut tasks = JoinSet::new();
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        {
+            let proxy = Arc::clone(&proxy);
+            tasks.spawn(serve(
+                "proxy",
+                proxy_listener,
+                shutdown.child_token(),
+                grace,
+                move |req| {
+                    let proxy = Arc::clone(&proxy);
+                    async move { proxy.handle(req).await }
+                },
+            ));
+        }
+        {
+            let admin = Arc::new(Admin {
+                policies: Arc::clone(&policies),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                clock,
+            });
+            tasks.spawn(serve(
+                "admin",
+                admin_listener,
+                shutdown.child_token(),
+                grace,
+                move |req| {
+                    let admin = Arc::clone(&admin);
+                    async move { admin.handle(req).await }
+                },
+            ));
+        }
+        tasks.spawn(ticker(
+            Arc::clone(&proxy),
+            Arc::clone(&emitter),
+            Arc::clone(&policies),
+            metrics.clone(),
+            clock,
+            shutdown.child_token(),
+        ));
+        if config.policies.source == PolicySourceKind::File
+            && let Some(path) = config.policies.file.clone()
+        {
+            tasks.spawn(watch_policy_file(
+                path,
+                Arc::clone(&policies),
+                metrics.clone(),
+                clock,
+                shutdown.child_token(),
+            ));
+        }
+        let events = match config.events.sink {
+            SinkKind::Embedded => Some(events_rx),
+            SinkKind::Discard => {
+                tasks.spawn(discard(events_rx, shutdown.child_token()));
+                None
+            }
+        };
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = config.routes.len(), "enforcer listening");
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            policies,
+            events,
+            metrics,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Hands the event receiver to a consumer; without one, events are drained and dropped.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<GatewayRecord>> {
+        self.events.take()
+    }
+
+    /// Drains events nobody consumes, so the queue does not sit full (they are counted as
+    /// enqueued; nothing reads them).
+    pub fn discard_unconsumed_events(&mut self) {
+        if let Some(rx) = self.events.take() {
+            self.tasks.spawn(discard(rx, self.shutdown.child_token()));
+        }
+    }
+
+    /// Stops accepting, drains in-flight requests, and waits for every task.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the shutdown token is cancelled and every task ended.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn serve<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req).await) }
+        });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(listener = name, "drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(listener = name, grace_ms = grace.as_millis() as u64, "in-flight requests cut off after the grace period"),
+    }
+}
+
+async fn ticker(
+    proxy: Arc<Proxy>,
+    events: Arc<EventEmitter>,
+    policies: Arc<PolicyStore>,
+    metrics: Metrics,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let second_ms = (clock.wall_ms() / 1000 - 1) * 1000;
+        events.flush_counts(
+            second_ms,
+            proxy.routes().iter().map(|r| (r.name(), &r.counters)),
+        );
+        let now = clock.monotonic_ms();
+        let current = policies.load();
+        metrics
+            .snapshot_version
+            .set(i64::try_from(current.version()).unwrap_or(i64::MAX));
+        metrics.policies_live.set(current.policies().len() as i64);
+        for p in current.policies() {
+            if let Some(state) = p.breaker_state(now) {
+                metrics
+                    .breaker_state
+                    .with_label_values(&[&p.policy.cluster_id])
+                    .set(state as i64);
+            }
+        }
+    }
+}
+
+async fn discard(mut rx: mpsc::Receiver<GatewayRecord>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = rx.recv() => if r.is_none() { break },
+        }
+    }
+}
+
+/// The `file` policy source: loads the snapshot file at start and whenever it changes.
+async fn watch_policy_file(
+    path: std::path::PathBuf,
+    store: Arc<PolicyStore>,
+    metrics: Metrics,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let mut last_modified = None;
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let modified = tokio::fs::metadata(&path)
+            .await
+            .and_then(|m| m.modified())
+            .ok();
+        if modified.is_none() || modified == last_modified {
+            continue;
+        }
+        last_modified = modified;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => match store.apply_json(&bytes, clock.monotonic_ms()) {
+                Ok(v) => {
+                    tracing::info!(path = %path.display(), version = v, "policy snapshot applied")
+                }
+                Err(e) => {
+                    metrics.snapshots_refused.inc();
+                    tracing::warn!(path = %path.display(), error = %e, "policy snapshot refused; the last good one stays");
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the policy file")
+            }
+        }
+    }
+}
+
+/// `/health`, `/ready`, `/metrics`, and `/policies` (GET the snapshot in force, PUT a new one).
+struct Admin {
+    policies: Arc<PolicyStore>,
+    registry: Registry,
+    metrics: Metrics,
+    clock: Clock,
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (&Method::GET, "/ready") => {
+                if self.policies.is_synced() {
+                    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "policy source not synced"}),
+                    )
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut buf = Vec::new();
+                if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+                    return json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"error": e.to_string()}),
+                    );
+                }
+                let mut resp = Response::new(full(buf));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            (&Method::GET, "/policies") => {
+                let current = self.policies.load();
+                let policies: Vec<_> = current.policies().iter().map(|p| &p.policy).collect();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"version": current.version(), "policies": policies}),
+                )
+            }
+            (&Method::PUT, "/policies") => {
+                let body = http_body_util::Limited::new(req.into_body(), MAX_SNAPSHOT_BYTES);
+                let bytes = match body.collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            serde_json::json!({"error": format!("cannot read body: {e}")}),
+                        );
+                    }
+                };
+                match self.policies.apply_json(&bytes, self.clock.monotonic_ms()) {
+                    Ok(version) => {
+                        self.metrics
+                            .snapshot_version
+                            .set(i64::try_from(version).unwrap_or(i64::MAX));
+                        json(StatusCode::OK, serde_json::json!({"version": version}))
+                    }
+                    Err(e) => {
+                        self.metrics.snapshots_refused.inc();
+                        let version = self.policies.load().version();
+                        json(
+                            StatusCode::BAD_REQUEST,
+                            serde_json::json!({"error": e.to_string(), "version_in_force": version}),
+                        )
+                    }
+                }
+            }
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not found"}),
+            ),
+        }
+    }
+}
