@@ -1,6 +1,8 @@
 //! The proxy path against real HTTP servers on 127.0.0.1: every failure path, policy
 //! enforcement on a slice and its recovery, events out, and the admin endpoints.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed setup should abort the test loudly
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
