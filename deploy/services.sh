@@ -4,13 +4,14 @@
 #   PostgreSQL 15 + pgvector (Debian; pgvector built from Debian's source
 #   package), Redis (Debian).
 #
-# Usage: deploy/services.sh up|down|status|env [kafka|etcd|postgres|redis ...]
+# Usage: deploy/services.sh up|down|status|env|clean [kafka|etcd|postgres|redis ...]
 #   up      install what is missing, start what is not running, wait until
 #           every service answers a real request (bounded), exit non-zero if
 #           any does not.
 #   down    stop what `up` started (pid files under the state dir).
 #   status  one line per service; exit 0 only if all asked for are ready.
 #   env     print the export lines the tests read: eval "$(deploy/services.sh env)"
+#   clean   down, then delete the services' data and logs (not the installs).
 #
 # Settings (environment):
 #   LAG_SERVICES_DIR    state dir: data, logs, pid files  (/var/tmp/lag-services)
@@ -122,11 +123,13 @@ stop_pid() { # NAME PATTERN [SECONDS]
 
 # ---------------------------------------------------------------- install
 
+# Wait for another apt/dpkg run (a colleague's install) instead of failing.
+APT_LOCK=(-o DPkg::Lock::Timeout=600)
 APT_UPDATED=0
 apt_update() {
   if [ "$APT_UPDATED" = 0 ]; then
     log "apt-get update"
-    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get "${APT_LOCK[@]}" update -q >/dev/null || die "apt-get update failed"
     APT_UPDATED=1
   fi
 }
@@ -154,7 +157,7 @@ apt_install() {
     ours=1
   fi
   # shellcheck disable=SC2086
-  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >"$STATE/logs/apt.log" 2>&1; then
+  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get "${APT_LOCK[@]}" install -y -q --no-install-recommends $need >"$STATE/logs/apt.log" 2>&1; then
     [ "$ours" = 1 ] && $SUDO rm -f "$prc"
     die "apt-get install $need failed; see $STATE/logs/apt.log:
 $(tail -n 20 "$STATE/logs/apt.log")"
@@ -229,12 +232,12 @@ install_pgvector() {
     printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
       "$(debian_mirror)" | $SUDO tee "$list" >/dev/null
     local ok=1
-    $SUDO apt-get update -q >"$STATE/logs/apt-src.log" 2>&1 || ok=0
+    $SUDO apt-get "${APT_LOCK[@]}" update -q >"$STATE/logs/apt-src.log" 2>&1 || ok=0
     if [ "$ok" = 1 ]; then
       (cd "$src" && apt-get source -q pgvector >>"$STATE/logs/apt-src.log" 2>&1) || ok=0
     fi
     $SUDO rm -f "$list"
-    $SUDO apt-get update -q >/dev/null 2>&1 || true   # drop the trixie source index again
+    $SUDO apt-get "${APT_LOCK[@]}" update -q >/dev/null 2>&1 || true   # drop the trixie source index again
     [ "$ok" = 1 ] || die "apt-get source pgvector failed; see $STATE/logs/apt-src.log:
 $(tail -n 20 "$STATE/logs/apt-src.log")"
     dir="$(find "$src" -maxdepth 1 -type d -name 'pgvector-*' | sort | tail -n1)"
@@ -513,7 +516,19 @@ main() {
       return $rc
       ;;
     env) print_env ;;
-    *) echo "usage: $0 up|down|status|env [etcd|redis|postgres|kafka ...]" >&2; return 2 ;;
+    clean)
+      # stop, then delete data and logs (installed packages and cached jars stay)
+      local i
+      for ((i = ${#svcs[@]} - 1; i >= 0; i--)); do "down_${svcs[$i]}"; done
+      for s in "${svcs[@]}"; do
+        case "$s" in
+          kafka) rm -rf "$KAFKA_DIR" "$STATE/logs/kafka" "$STATE/logs/kafka"*.log ;;
+          *) rm -rf "${STATE:?}/$s" "$STATE/logs/$s.log" ;;
+        esac
+      done
+      log "removed data of: ${svcs[*]}"
+      ;;
+    *) echo "usage: $0 up|down|status|env|clean [etcd|redis|postgres|kafka ...]" >&2; return 2 ;;
   esac
 }
 
