@@ -243,6 +243,8 @@ $(tail -n 20 "$STATE/logs/apt-src.log")"
     dir="$(find "$src" -maxdepth 1 -type d -name 'pgvector-*' | sort | tail -n1)"
     [ -n "$dir" ] || die "apt-get source pgvector produced no source tree in $src"
   fi
+  [ "$(basename "$dir")" = "pgvector-$PGVECTOR_WANT" ] ||
+    log "note: Debian's pgvector source is $(basename "$dir"), this script was tested with $PGVECTOR_WANT"
   log "building $(basename "$dir") against PostgreSQL $PG_MAJOR"
   # OPTFLAGS="" : no -march=native, so the build runs on any x86-64 machine.
   if ! (cd "$dir" && make clean >/dev/null 2>&1; make OPTFLAGS="" PG_CONFIG="$PG_BIN/pg_config" &&
