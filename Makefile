@@ -2,9 +2,11 @@
 CARGO_TARGET_DIR ?= /var/cache/lag-target/main
 export CARGO_TARGET_DIR
 
-.PHONY: help run test lint deps-check fmt bench
+.PHONY: help run test lint deps-check fmt bench bench-overhead services-up services-down
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+run: ## the embedded default: demo upstream + enforcer in one process, no services (Ctrl-C stops)
+	cargo run --release -p enforcer -- demo --config deploy/enforcer.demo.yaml
 test: ## run every test (what .ci/run calls)
 	cargo test --workspace --all-targets
 lint: deps-check ## formatting, clippy (warnings are errors) and the enforcer's dependency rule
@@ -15,3 +17,11 @@ deps-check: ## the enforcer must never pull in the pipeline side (udfs, pipeline
 	if [ -n "$$bad" ]; then echo "enforcer depends on the pipeline side: $$bad"; exit 1; fi; echo "enforcer dependency rule: ok"
 fmt: ## format the tree
 	cargo fmt --all
+bench: ## criterion benchmarks of the hot paths
+	cargo bench -p enforcer
+bench-overhead: ## wrk: direct vs nginx vs enforcer with 50 inactive policies (installs wrk and nginx)
+	bash deploy/bench/overhead.sh
+services-up: ## start Kafka, etcd, PostgreSQL+pgvector and Redis on loopback (installs them if missing)
+	bash deploy/services.sh up
+services-down: ## stop them
+	bash deploy/services.sh down
