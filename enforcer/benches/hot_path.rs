@@ -10,7 +10,10 @@ use enforcer::config::EventsConfig;
 use enforcer::events::EventEmitter;
 use enforcer::metrics::Metrics;
 use enforcer::policy::{CompiledPolicies, RequestView};
-use schemas::{Action, Conjunction, DimensionMatch, Dimensions, ErrorEvent, ErrorKind, Policy, PolicySnapshot, Ratio, Slice};
+use schemas::{
+    Action, Conjunction, DimensionMatch, Dimensions, ErrorEvent, ErrorKind, Policy, PolicySnapshot,
+    Ratio, Slice,
+};
 
 const MESSAGES: [&str; 4] = [
     "dial tcp 10.0.3.17:5432: connect: connection refused",
@@ -27,7 +30,10 @@ fn policies(n: usize) -> CompiledPolicies {
             slice: Slice {
                 any: vec![Conjunction {
                     route: "payments".into(),
-                    all: vec![DimensionMatch { key: "body:channel".parse().expect("key"), value: format!("channel-{i}") }],
+                    all: vec![DimensionMatch {
+                        key: "body:channel".parse().expect("key"),
+                        value: format!("channel-{i}"),
+                    }],
                 }],
             },
             action: Action::Degrade,
@@ -44,8 +50,17 @@ fn policies(n: usize) -> CompiledPolicies {
 
 fn slice_matching(c: &mut Criterion) {
     let mut group = c.benchmark_group("slice_matching");
-    let dims: Dimensions = [("body:channel".to_owned(), "healthy".to_owned()), ("header:x-tenant".to_owned(), "acme".to_owned())].into();
-    let req = RequestView { route: "payments", method: "POST", upstream: "127.0.0.1:9000", dimensions: &dims };
+    let dims: Dimensions = [
+        ("body:channel".to_owned(), "healthy".to_owned()),
+        ("header:x-tenant".to_owned(), "acme".to_owned()),
+    ]
+    .into();
+    let req = RequestView {
+        route: "payments",
+        method: "POST",
+        upstream: "127.0.0.1:9000",
+        dimensions: &dims,
+    };
     for n in [0, 10, 500] {
         let compiled = policies(n);
         group.bench_with_input(BenchmarkId::new("no_match", n), &compiled, |b, compiled| {
@@ -76,7 +91,10 @@ fn text(c: &mut Criterion) {
 
 fn event_enqueue(c: &mut Criterion) {
     let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-    let config = EventsConfig { queue_capacity: 1 << 16, ..EventsConfig::default() };
+    let config = EventsConfig {
+        queue_capacity: 1 << 16,
+        ..EventsConfig::default()
+    };
     let (emitter, mut rx) = EventEmitter::new(&config, metrics);
     let event = ErrorEvent {
         schema_version: schemas::EVENT_SCHEMA_VERSION,

@@ -798,6 +798,18 @@ impl Proxy {
             .with_label_values(&[method, route, cluster])
             .observe(ctx.started.elapsed().as_secs_f64());
         ctx.route.counters.count(is_error, rejected);
+        tracing::debug!(
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            trace_id = %ctx.trace_id,
+            route,
+            method,
+            status = status.as_u16(),
+            cluster,
+            is_error,
+            rejected,
+            latency_us = ctx.started.elapsed().as_micros() as u64,
+            "request"
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -32,7 +32,9 @@ use crate::config::{Config, PolicySourceKind, SinkKind};
 use crate::events::EventEmitter;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::policy_source::{FileSource, PolicySource};
 use crate::proxy::Proxy;
+use crate::sink::{self, DiscardSink};
 
 /// Largest snapshot accepted on the admin endpoint.
 const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
@@ -132,8 +134,11 @@ impl Gateway {
         if config.policies.source == PolicySourceKind::File
             && let Some(path) = config.policies.file.clone()
         {
-            tasks.spawn(watch_policy_file(
+            let source = FileSource {
                 path,
+                poll: Duration::from_secs(1),
+            };
+            tasks.spawn(source.run(
                 Arc::clone(&policies),
                 metrics.clone(),
                 clock,
@@ -143,7 +148,12 @@ impl Gateway {
         let events = match config.events.sink {
             SinkKind::Embedded => Some(events_rx),
             SinkKind::Discard => {
-                tasks.spawn(discard(events_rx, shutdown.child_token()));
+                tasks.spawn(sink::run(
+                    events_rx,
+                    DiscardSink,
+                    metrics.clone(),
+                    shutdown.child_token(),
+                ));
                 None
             }
         };
@@ -168,7 +178,12 @@ impl Gateway {
     /// enqueued; nothing reads them).
     pub fn discard_unconsumed_events(&mut self) {
         if let Some(rx) = self.events.take() {
-            self.tasks.spawn(discard(rx, self.shutdown.child_token()));
+            self.tasks.spawn(sink::run(
+                rx,
+                DiscardSink,
+                self.metrics.clone(),
+                self.shutdown.child_token(),
+            ));
         }
     }
 
@@ -263,55 +278,6 @@ async fn ticker(
                     .breaker_state
                     .with_label_values(&[&p.policy.cluster_id])
                     .set(state as i64);
-            }
-        }
-    }
-}
-
-async fn discard(mut rx: mpsc::Receiver<GatewayRecord>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = rx.recv() => if r.is_none() { break },
-        }
-    }
-}
-
-/// The `file` policy source: loads the snapshot file at start and whenever it changes.
-async fn watch_policy_file(
-    path: std::path::PathBuf,
-    store: Arc<PolicyStore>,
-    metrics: Metrics,
-    clock: Clock,
-    shutdown: CancellationToken,
-) {
-    let mut last_modified = None;
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = interval.tick() => {}
-        }
-        let modified = tokio::fs::metadata(&path)
-            .await
-            .and_then(|m| m.modified())
-            .ok();
-        if modified.is_none() || modified == last_modified {
-            continue;
-        }
-        last_modified = modified;
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => match store.apply_json(&bytes, clock.monotonic_ms()) {
-                Ok(v) => {
-                    tracing::info!(path = %path.display(), version = v, "policy snapshot applied")
-                }
-                Err(e) => {
-                    metrics.snapshots_refused.inc();
-                    tracing::warn!(path = %path.display(), error = %e, "policy snapshot refused; the last good one stays");
-                }
-            },
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the policy file")
             }
         }
     }

@@ -1,0 +1,78 @@
+//! Policy sources: one task owns the source and writes the [`PolicyStore`]; requests only read.
+//!
+//! The embedded source needs no task: the in-process pipeline calls [`PolicyStore::apply`]
+//! directly. [`FileSource`] reads a JSON snapshot file whenever it changes; distributed mode
+//! plugs an etcd watcher in through the same trait.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+
+/// Feeds snapshots into the store until shutdown.
+pub trait PolicySource: Send + 'static {
+    /// Runs the source. Refused snapshots are counted and logged; the last good one stays.
+    fn run(
+        self,
+        store: Arc<PolicyStore>,
+        metrics: Metrics,
+        clock: Clock,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A JSON snapshot file, re-read when its modification time changes (checked every `poll`).
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// How often to check it.
+    pub poll: Duration,
+}
+
+impl PolicySource for FileSource {
+    async fn run(
+        self,
+        store: Arc<PolicyStore>,
+        metrics: Metrics,
+        clock: Clock,
+        shutdown: CancellationToken,
+    ) {
+        let mut last_modified = None;
+        let mut interval = tokio::time::interval(self.poll);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            let modified = tokio::fs::metadata(&self.path)
+                .await
+                .and_then(|m| m.modified())
+                .ok();
+            if modified.is_none() || modified == last_modified {
+                continue;
+            }
+            last_modified = modified;
+            match tokio::fs::read(&self.path).await {
+                Ok(bytes) => match store.apply_json(&bytes, clock.monotonic_ms()) {
+                    Ok(v) => {
+                        tracing::info!(path = %self.path.display(), version = v, "policy snapshot applied")
+                    }
+                    Err(e) => {
+                        metrics.snapshots_refused.inc();
+                        tracing::warn!(path = %self.path.display(), error = %e, "policy snapshot refused; the last good one stays");
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read the policy file")
+                }
+            }
+        }
+    }
+}
