@@ -116,7 +116,7 @@ curl -fsS "127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^enforcer_policies_live 50'
 for port in $UP_PORT $NGINX_PORT $GW_PORT; do wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 
 fixed() { # port → "p50 p95 p99" in ms
-  oha --no-tui -j -q "$RATE" -c "$CONNS" -z "${DURATION}s" "http://127.0.0.1:$1/" |
+  oha --no-tui --output-format json --latency-correction -q "$RATE" -c "$CONNS" -z "${DURATION}s" "http://127.0.0.1:$1/" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; s=d["summary"]; print("%.3f %.3f %.3f %.1f" % (p["p50"]*1e3, p["p95"]*1e3, p["p99"]*1e3, s["requestsPerSec"]))'
 }
 saturate() { # port → requests/s

@@ -247,12 +247,11 @@ impl Proxy {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
         let path = req.uri().path().to_owned();
         let found = self.routes.iter().find_map(|r| {
             r.matcher
-                .matches(req.method(), host.as_deref(), &path)
+                .matches(req.method(), host, &path)
                 .map(|params| (r, params))
         });
         let Some((route, path_params)) = found else {
@@ -272,21 +271,21 @@ impl Proxy {
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .cloned()
             .unwrap_or_else(|| {
-                HeaderValue::from_str(&random_hex(16)).unwrap_or(HeaderValue::from_static("0"))
+                HeaderValue::from_str(&random_id128()).unwrap_or(HeaderValue::from_static("0"))
             });
         let (trace_id, trace_flags) = req
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent)
-            .unwrap_or_else(|| (random_hex(16), "01".to_owned()));
+            .unwrap_or_else(|| (random_id128(), "01".to_owned()));
         let mut ctx = Context {
             route,
             method: req.method().clone(),
             path,
             request_id,
             trace_id,
-            span_id: random_hex(8),
+            span_id: random_id64(),
             trace_flags,
             dimensions: Dimensions::new(),
             started,
@@ -553,28 +552,34 @@ impl Proxy {
         now_ms: u64,
     ) -> (Response<ProxyBody>, Exchange) {
         let route = ctx.route;
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!(
-            "http://{}{}{}",
-            upstream.authority, upstream.base_path, path_and_query
-        );
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(http::Version::HTTP_11);
-        if let Some(headers) = builder.headers_mut() {
-            for (k, v) in &parts.headers {
-                if !is_hop_by_hop(k) {
-                    headers.append(k.clone(), v.clone());
-                }
+        let path_and_query = match (&upstream.base_path, parts.uri.path_and_query()) {
+            (base, Some(pq)) if base.is_empty() => pq.clone(),
+            (base, pq) => {
+                let pq = pq.map_or("/", http::uri::PathAndQuery::as_str);
+                format!("{base}{pq}")
+                    .parse()
+                    .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/"))
             }
-            headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-            let tp = format!("00-{}-{}-{}", ctx.trace_id, ctx.span_id, ctx.trace_flags);
-            if let Ok(v) = HeaderValue::from_str(&tp) {
-                headers.insert(TRACEPARENT.clone(), v);
-            }
+        };
+        let uri = http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        let tp = format!("00-{}-{}-{}", ctx.trace_id, ctx.span_id, ctx.trace_flags);
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert(TRACEPARENT.clone(), v);
         }
-        let Ok(request) = builder.body(body) else {
+        let (Ok(uri), Ok(mut request)) = (
+            uri,
+            Request::builder()
+                .method(parts.method)
+                .version(http::Version::HTTP_11)
+                .body(body),
+        ) else {
             let resp = reason(
                 StatusCode::BAD_REQUEST,
                 "request cannot be forwarded",
@@ -592,6 +597,8 @@ impl Proxy {
                 },
             );
         };
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
 
         let deadline = tokio::time::Instant::now() + route.timeout;
         let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
@@ -828,7 +835,7 @@ impl Proxy {
         };
         self.events.error(ErrorEvent {
             schema_version: EVENT_SCHEMA_VERSION,
-            event_id: random_hex(16),
+            event_id: random_id128(),
             trace_id: ctx.trace_id.clone(),
             span_id: ctx.span_id.clone(),
             timestamp_ms: ctx.wall_ms,
@@ -956,10 +963,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
@@ -986,13 +989,14 @@ fn parse_traceparent(v: &str) -> Option<(String, String)> {
     ok.then(|| (trace.to_owned(), flags.to_owned()))
 }
 
-/// `bytes` random bytes as lower-case hex.
-pub fn random_hex(bytes: usize) -> String {
-    let mut s = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        s.push_str(&format!("{:02x}", fastrand::u8(..)));
-    }
-    s
+/// A random 128-bit id as 32 lower-case hex digits (W3C trace ids, request and event ids).
+pub fn random_id128() -> String {
+    format!("{:032x}", fastrand::u128(1..))
+}
+
+/// A random 64-bit id as 16 lower-case hex digits (W3C span ids).
+pub fn random_id64() -> String {
+    format!("{:016x}", fastrand::u64(1..))
 }
 
 fn percent_decode(s: &str) -> String {
