@@ -3,5 +3,14 @@
 //! The streaming job calls them through SQL (DataFusion registrations; Arroyo wrappers), and
 //! the offline command runs them over files.
 
+pub mod calibration;
+pub mod cluster;
+pub mod clusterer;
 pub mod embed;
+pub mod eval;
+pub mod evidence;
+pub mod miner;
 pub mod slice;
+pub mod sql;
+
+pub use sql::mask_pii;

@@ -1,0 +1,115 @@
+//! `pipeline`: the offline commands over files.
+//!
+//! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
+//!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
+//! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
+//!   the labelled corpus.
+
+mod offline;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipeline",
+    about = "LLM-Aware Gateway pipeline: offline failure clustering"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which embedder turns new templates into vectors.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EmbedderChoice {
+    /// Hashed character n-grams (no model).
+    Ngram,
+    /// The built-in multilingual-e5-small model (candle), when compiled in.
+    E5,
+}
+
+/// How far the command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Level {
+    /// Templates only (no embeddings).
+    Template,
+    /// Templates and failure clusters.
+    Cluster,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mine templates (and clusters) for one message per line, or a CSV column.
+    Cluster {
+        /// Input file: one message per line, or CSV with --csv-column.
+        #[arg(long)]
+        input: PathBuf,
+        /// Read this column of a CSV file (with a header row).
+        #[arg(long)]
+        csv_column: Option<String>,
+        /// Stop at templates, or go on to clusters.
+        #[arg(long, value_enum, default_value_t = Level::Cluster)]
+        level: Level,
+        /// Output JSON lines.
+        #[arg(long)]
+        output: PathBuf,
+        /// Embedder for new templates.
+        #[arg(long, value_enum, default_value_t = EmbedderChoice::Ngram)]
+        embedder: EmbedderChoice,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Score templates and clusters on the labelled corpus.
+    Eval {
+        /// JSON lines with {root_cause, variant, text}.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Embedder for new templates.
+        #[arg(long, value_enum, default_value_t = EmbedderChoice::Ngram)]
+        embedder: EmbedderChoice,
+        /// Also sweep the threshold and bonuses and print the best settings.
+        #[arg(long)]
+        sweep: bool,
+        /// Print the merged root-cause pairs.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cluster {
+            input,
+            csv_column,
+            level,
+            output,
+            embedder,
+            quiet,
+        } => offline::cluster(&offline::ClusterArgs {
+            input,
+            csv_column,
+            level,
+            output,
+            embedder,
+            quiet,
+        }),
+        Command::Eval {
+            corpus,
+            embedder,
+            sweep,
+            verbose,
+        } => offline::eval(corpus, embedder, sweep, verbose),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The SQL-callable shapes: plain functions whose types both engines accept (Arroyo's
+//! `#[udf]` allows scalars, strings, bytes and their `Option`s). A bad row gives `None`,
+//! never a panic. The DataFusion and Arroyo adapters wrap these.
+//!
+//! `template_id`, `template` and `cluster_of` share one process-wide [`FailureClusterer`]
+//! (the miner and the cluster index live as long as the process); the embedder is the one
+//! passed to [`install_embedder`] before first use, else the model-free n-gram embedder.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::cluster::{NgramEmbedder, TextEmbedder};
+use crate::clusterer::FailureClusterer;
+
+/// Longest input the functions look at; longer text is cut (at a char boundary).
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+static EMBEDDER: OnceLock<Arc<dyn TextEmbedder>> = OnceLock::new();
+static CLUSTERER: OnceLock<Mutex<FailureClusterer>> = OnceLock::new();
+
+/// Sets the process-wide embedder; `false` when one was already in use.
+pub fn install_embedder(embedder: Arc<dyn TextEmbedder>) -> bool {
+    EMBEDDER.set(embedder).is_ok()
+}
+
+fn embedder() -> &'static Arc<dyn TextEmbedder> {
+    EMBEDDER.get_or_init(|| Arc::new(NgramEmbedder::new(384)))
+}
+
+fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> Option<T>) -> Option<T> {
+    let cell = CLUSTERER.get_or_init(|| Mutex::new(FailureClusterer::new(Arc::clone(embedder()))));
+    // A panic elsewhere while holding the lock leaves consistent-enough state for lookups.
+    let mut guard = cell
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut guard)
+}
+
+fn clean(text: &str) -> Option<&str> {
+    let t = schemas::text::truncate_at_char_boundary(text, MAX_INPUT_BYTES);
+    (!t.trim().is_empty()).then_some(t)
+}
+
+/// `mask_pii(text) -> text`: the shared desensitizer.
+pub fn mask_pii(text: Option<&str>) -> Option<String> {
+    Some(schemas::text::desensitize(text?).into_owned())
+}
+
+/// `template_id(text) -> bigint`: the mined template's id (bit-cast to signed).
+pub fn template_id(text: Option<&str>) -> Option<i64> {
+    let text = clean(text?)?;
+    with_clusterer(|c| Some(c.template(text).0 as i64))
+}
+
+/// `template(text) -> text`: the mined template.
+pub fn template(text: Option<&str>) -> Option<String> {
+    let text = clean(text?)?;
+    with_clusterer(|c| Some(c.template(text).1))
+}
+
+/// `cluster_of(text) -> text`: embed (new templates only) and assign, fused.
+pub fn cluster_of(text: Option<&str>) -> Option<String> {
+    let text = clean(text?)?;
+    with_clusterer(|c| c.process(text).ok().map(|a| a.cluster_id))
+}
+
+/// `embedding(text) -> bytea`: the desensitized text's vector as packed little-endian f32.
+pub fn embedding(text: Option<&str>) -> Option<Vec<u8>> {
+    let text = clean(text?)?;
+    let private = schemas::text::desensitize(text);
+    let v = embedder().embed_texts(&[private.as_ref()]).ok()?.pop()?;
+    Some(pack_f32(&v))
+}
+
+/// Packs a vector as little-endian f32 bytes.
+pub fn pack_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Unpacks little-endian f32 bytes; `None` when the length is not a multiple of 4.
+pub fn unpack_f32(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn functions_answer_and_bad_rows_give_none() {
+        assert_eq!(template_id(None), None);
+        assert_eq!(template(Some("   ")), None);
+        assert_eq!(cluster_of(Some("")), None);
+        let t = template(Some("dial tcp 10.0.0.1:5432: connect: connection refused"));
+        assert_eq!(
+            t.as_deref(),
+            Some("dial tcp <IP>:5432: connect: connection refused")
+        );
+        let id = template_id(Some("dial tcp 10.0.0.2:5432: connect: connection refused"));
+        assert_eq!(
+            id,
+            Some(
+                schemas::text::template_id("dial tcp 10.9.9.9:5432: connect: connection refused")
+                    as i64
+            )
+        );
+        let a = cluster_of(Some("redis: connection refused 10.0.0.1:6379"));
+        let b = cluster_of(Some("Redis 连接被拒绝 10.0.0.2:6379"));
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        let e = embedding(Some("timeout")).unwrap_or_default();
+        assert_eq!(unpack_f32(&e).map(|v| v.len()), Some(384));
+        assert_eq!(
+            mask_pii(Some("call 13812345678")).as_deref(),
+            Some("call <PHONE>")
+        );
+        let huge = "x".repeat(1 << 20);
+        assert!(template(Some(&huge)).is_some());
+    }
+}
