@@ -6,7 +6,7 @@
 //! survives a snapshot that renews the policy unchanged, so a renewal does not reset
 //! recovery. An invalid snapshot is refused and the last good one keeps serving.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -239,8 +239,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub struct CompiledPolicies {
     version: u64,
-    by_route: HashMap<String, Vec<Arc<PolicyRuntime>>>,
+    by_route: HashMap<String, RouteIndex>,
     all: Vec<Arc<PolicyRuntime>>,
+}
+
+/// A policy with its rank (0 = most severe).
+type Ranked = (usize, Arc<PolicyRuntime>);
+
+/// The policies of one route, indexed so a request costs a few hash lookups however many
+/// policies there are: each conjunction is filed under its first `key = value` test (or as
+/// route-wide when it has none), and only the policies filed under the request's own values
+/// are checked in full.
+#[derive(Debug, Default)]
+struct RouteIndex {
+    /// Policies with a route-wide conjunction, by rank.
+    whole_route: Vec<Ranked>,
+    /// key → value → policies, by rank (few keys per route: a vector scan beats hashing).
+    by_atom: Vec<(String, HashMap<String, Vec<Ranked>>)>,
+}
+
+impl RouteIndex {
+    /// Candidate policies for a request, most severe first, each once.
+    fn candidates(&self, req: &RequestView<'_>) -> Vec<&Ranked> {
+        let mut out: Vec<&Ranked> = self.whole_route.iter().collect();
+        for (key, by_value) in &self.by_atom {
+            if let Some(ps) = req.get(key).and_then(|v| by_value.get(v)) {
+                out.extend(ps.iter());
+            }
+        }
+        if out.len() > 1 {
+            out.sort_by_key(|(rank, _)| *rank);
+            out.dedup_by_key(|(rank, _)| *rank);
+        }
+        out
+    }
 }
 
 impl CompiledPolicies {
@@ -270,20 +302,28 @@ impl CompiledPolicies {
             .collect();
         // Most severe first: when slices overlap, the strongest action decides.
         all.sort_by(|a, b| b.policy.severity.get().total_cmp(&a.policy.severity.get()));
-        let mut by_route: HashMap<String, Vec<Arc<PolicyRuntime>>> = HashMap::new();
-        for p in &all {
-            let routes: BTreeSet<&str> = p
-                .policy
-                .slice
-                .any
-                .iter()
-                .map(|c| c.route.as_str())
-                .collect();
-            for r in routes {
-                by_route
-                    .entry(r.to_owned())
-                    .or_default()
-                    .push(Arc::clone(p));
+        let mut by_route: HashMap<String, RouteIndex> = HashMap::new();
+        for (rank, p) in all.iter().enumerate() {
+            for (route, tests) in &p.conjunctions {
+                let index = by_route.entry(route.clone()).or_default();
+                let entry = (rank, Arc::clone(p));
+                match tests.first() {
+                    None => index.whole_route.push(entry),
+                    Some((k, v)) => {
+                        let slot = match index.by_atom.iter().position(|(key, _)| key == k) {
+                            Some(i) => i,
+                            None => {
+                                index.by_atom.push((k.clone(), HashMap::new()));
+                                index.by_atom.len() - 1
+                            }
+                        };
+                        index.by_atom[slot]
+                            .1
+                            .entry(v.clone())
+                            .or_default()
+                            .push(entry);
+                    }
+                }
             }
         }
         Self {
@@ -305,15 +345,13 @@ impl CompiledPolicies {
 
     /// Judges one request at monotonic `now_ms` / wall-clock `wall_ms`.
     pub fn judge(&self, req: &RequestView<'_>, now_ms: u64, wall_ms: i64) -> Verdict {
-        let Some(candidates) = self.by_route.get(req.route) else {
-            return Verdict::Pass {
-                matched: Vec::new(),
-                would_reject: None,
-            };
+        let candidates = match self.by_route.get(req.route) {
+            Some(index) => index.candidates(req),
+            None => Vec::new(),
         };
         let mut matched = Vec::new();
         let mut would_reject = None;
-        for p in candidates {
+        for (_, p) in candidates {
             if !p.policy.is_live(wall_ms) || !p.contains(req) {
                 continue;
             }
@@ -508,6 +546,61 @@ mod tests {
                 "case {i}"
             );
         }
+    }
+
+    #[test]
+    fn the_index_finds_exactly_the_matching_policies_most_severe_first() {
+        let mut policies: Vec<Policy> = (0..500)
+            .map(|i| {
+                policy(
+                    &format!("p{i}"),
+                    "pay",
+                    &[("body:channel", &format!("ch{i}"))],
+                    Action::Degrade,
+                )
+            })
+            .collect();
+        // Two conjunctions on one route: still judged once.
+        let mut twice = policy(
+            "twice",
+            "pay",
+            &[("header:x-tenant", "acme")],
+            breaker_action(),
+        );
+        twice.severity = Ratio::new(1.0).unwrap();
+        let again = twice.slice.any[0].clone();
+        twice.slice.any.push(again);
+        policies.push(twice);
+        // A conjunction whose first test does not match but the request still must not match.
+        policies.push(policy(
+            "two-tests",
+            "pay",
+            &[("body:channel", "ch7"), ("method", "GET")],
+            Action::Degrade,
+        ));
+        let store = PolicyStore::new(false, true);
+        store
+            .apply(&PolicySnapshot::new(1, 0, policies).unwrap(), 0)
+            .unwrap();
+        let d = dims(&[("body:channel", "ch7"), ("header:x-tenant", "acme")]);
+        match store.load().judge(&view("pay", &d), 1_000, 0) {
+            Verdict::Reject { policy, .. } => assert_eq!(policy.policy.id, "twice"),
+            other => panic!("{other:?}"),
+        }
+        let d = dims(&[("body:channel", "ch7")]);
+        match store.load().judge(&view("pay", &d), 1_000, 0) {
+            Verdict::Reject { policy, .. } => assert_eq!(policy.policy.id, "p7"),
+            other => panic!("{other:?}"),
+        }
+        let d = dims(&[("body:channel", "nope")]);
+        assert!(matches!(
+            store.load().judge(&view("pay", &d), 1_000, 0),
+            Verdict::Pass { .. }
+        ));
+        assert!(matches!(
+            store.load().judge(&view("refund", &d), 1_000, 0),
+            Verdict::Pass { .. }
+        ));
     }
 
     #[test]
