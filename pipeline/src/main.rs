@@ -78,6 +78,8 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Print the evidence (dependency/mode) and cheap template of each stdin line.
+    Explain,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             sweep,
             verbose,
         } => offline::eval(corpus, embedder, sweep, verbose),
+        Command::Explain => offline::explain(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -358,11 +358,14 @@ pub fn eval(
         }
     }
     if sweep {
-        println!("\nsweep (average-linkage):");
+        println!(
+            "\nsweep (average-linkage; best ARI overall, and best ARI with no merged root causes):"
+        );
         for similarity in [Similarity::EmbeddingOnly, Similarity::Combined] {
             let mut best: Option<(f64, ClusterConfig, usize)> = None;
-            for step in 0..=30 {
-                let threshold = 0.3 + step as f32 * 0.0225;
+            let mut best_clean: Option<(f64, ClusterConfig)> = None;
+            for step in 0..=40 {
+                let threshold = 0.1 + step as f32 * 0.02;
                 for bonus in [0.0f32, 0.02, 0.05, 0.1, 0.2] {
                     if similarity == Similarity::EmbeddingOnly && bonus > 0.0 {
                         continue;
@@ -382,18 +385,39 @@ pub fn eval(
                         true,
                     )?;
                     if best.as_ref().is_none_or(|(a, _, _)| s.ari > *a) {
-                        best = Some((s.ari, cfg, s.merged_causes));
+                        best = Some((s.ari, cfg.clone(), s.merged_causes));
+                    }
+                    if s.merged_causes == 0 && best_clean.as_ref().is_none_or(|(a, _)| s.ari > *a) {
+                        best_clean = Some((s.ari, cfg));
                     }
                 }
             }
             if let Some((ari, cfg, merged)) = best {
                 println!(
-                    "  {:?}: best ARI {:.3} at threshold {:.4}, bonus {:.2} (merged causes {})",
+                    "  {:?}: best ARI {:.3} at threshold {:.2}, bonus {:.2} (merged causes {})",
                     similarity, ari, cfg.threshold, cfg.mode_bonus, merged
                 );
+            }
+            match best_clean {
+                Some((ari, cfg)) => println!(
+                    "  {:?}: best ARI with no merges {:.3} at threshold {:.2}, bonus {:.2}",
+                    similarity, ari, cfg.threshold, cfg.mode_bonus
+                ),
+                None => println!("  {similarity:?}: every setting merged some root causes"),
             }
         }
     }
     eprintln!("\neval time: {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn explain() -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line.context("stdin is not valid UTF-8")?;
+        let private = schemas::text::desensitize(&line);
+        let e = udfs::evidence::extract(&private);
+        println!("{:32} {}", e.key(), schemas::text::cheap_template(&line));
+    }
     Ok(())
 }

@@ -321,24 +321,6 @@ const MODES: &[(FailureMode, &[&str])] = &[
         ],
     ),
     (
-        FailureMode::RateLimit,
-        &[
-            "rate limit",
-            "ratelimit",
-            "rate_limit",
-            "too many requests",
-            "429",
-            "quota",
-            "throttl",
-            "限流",
-            "频率",
-            "请求过多",
-            "超出配额",
-            "rate exceeded",
-            "slow down",
-        ],
-    ),
-    (
         FailureMode::QueueFull,
         &[
             "queue full",
@@ -358,6 +340,24 @@ const MODES: &[(FailureMode, &[&str])] = &[
             "producer queue",
             "taskrejected",
             "did not accept task",
+        ],
+    ),
+    (
+        FailureMode::RateLimit,
+        &[
+            "rate limit",
+            "ratelimit",
+            "rate_limit",
+            "too many requests",
+            "429",
+            "quota",
+            "throttl",
+            "限流",
+            "频率",
+            "请求过多",
+            "超出配额",
+            "rate exceeded",
+            "slow down",
         ],
     ),
     (
@@ -472,8 +472,6 @@ const MODES: &[(FailureMode, &[&str])] = &[
             "invalid password",
             "login failed",
             "expiredjwt",
-            "expired",
-            "已过期",
             "tokenexpired",
         ],
     ),
@@ -541,6 +539,11 @@ const MODES: &[(FailureMode, &[&str])] = &[
             "系统繁忙",
             "internal server error",
         ],
+    ),
+    (
+        // Last: a bare "expired" is usually a credential ("Timeout expired" is a timeout).
+        FailureMode::Auth,
+        &["expired", "已过期"],
     ),
 ];
 

@@ -500,7 +500,8 @@ fn tokenize(text: &str) -> Vec<Token> {
 
 /// Masks short quoted identifiers (`'orders'`, `"user_42"`, `` `idx_a` ``) — names of
 /// tables, keys and fields vary between messages of one kind. Quoted text with spaces is
-/// usually a message of its own and stays.
+/// usually a message of its own and stays, and so do quoted hosts and URLs that name a
+/// dependency (`host='inventory-svc.prod'`).
 fn mask_quoted(text: &str) -> String {
     let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -514,7 +515,12 @@ fn mask_quoted(text: &str) -> String {
             while j < b.len() && j - inner_start <= 64 && b[j] != q && !b[j].is_ascii_whitespace() {
                 j += 1;
             }
-            if j < b.len() && b[j] == q && j > inner_start && j - inner_start <= 64 {
+            if j < b.len()
+                && b[j] == q
+                && j > inner_start
+                && j - inner_start <= 64
+                && !names_a_dependency(&text[inner_start..j])
+            {
                 out.push_str(&text[copied..inner_start]);
                 out.push_str(WILDCARD);
                 copied = j;
