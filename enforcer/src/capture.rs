@@ -12,17 +12,7 @@ pub struct Captured {
     pub stack: Vec<String>,
 }
 
-/// Cuts `s` to at most `max` bytes on a char boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+use schemas::text::truncate_at_char_boundary as truncate;
 
 /// Field names that carry the message in common JSON error bodies, in order of preference.
 const MESSAGE_FIELDS: [&str; 6] = [
