@@ -370,6 +370,25 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_a_round_trip_exactly() {
+        // Found by fuzzing: without exact float parsing, decode → encode → decode drifted.
+        let mut p = policy("a");
+        p.action = Action::RateLimit {
+            requests_per_second: 2.0,
+            burst: 1,
+        };
+        let snap = PolicySnapshot::new(1, 0, vec![p]).unwrap();
+        let text = String::from_utf8(snap.to_json()).unwrap().replace(
+            "\"requests_per_second\":2.0",
+            "\"requests_per_second\":1.56666666666666666",
+        );
+        assert!(text.contains("1.56666666666666666"), "{text}");
+        let once = PolicySnapshot::from_json(text.as_bytes()).unwrap();
+        let twice = PolicySnapshot::from_json(&once.to_json()).unwrap();
+        assert_eq!(once, twice);
+    }
+
+    #[test]
     fn refuses_invalid_snapshots() {
         let mut no_slice = policy("a");
         no_slice.slice.any.clear();
