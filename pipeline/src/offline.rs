@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use udfs::cluster::{ClusterConfig, NgramEmbedder, Similarity, TextEmbedder};
+use udfs::cluster::{NgramEmbedder, TextEmbedder};
 use udfs::clusterer::FailureClusterer;
 use udfs::eval;
 use udfs::miner::GroupKey;
@@ -92,8 +92,15 @@ fn read_messages(
             break;
         }
         if buf.last() != Some(&b'\n') && n > MAX_LINE_BYTES {
+            // Skip the rest of the huge line without holding it.
             let mut sink = Vec::new();
-            reader.read_until(b'\n', &mut sink)?;
+            while (&mut reader).take(1 << 20).read_until(b'\n', &mut sink)? > 0 {
+                if sink.last() == Some(&b'\n') {
+                    break;
+                }
+                sink.clear();
+            }
+            buf.truncate(MAX_LINE_BYTES);
             stats.truncated += 1;
         }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
@@ -296,118 +303,9 @@ pub fn eval(
     verbose: bool,
 ) -> anyhow::Result<()> {
     let path = corpus.unwrap_or_else(default_corpus);
-    let lines = eval::load_corpus(&path)?;
-    if lines.is_empty() {
-        bail!("corpus {} has no lines", path.display());
-    }
-    let causes: std::collections::HashSet<_> = lines.iter().map(|l| &l.root_cause).collect();
-    let lines = eval::shuffled(&lines, 7);
-    println!(
-        "corpus: {} ({} lines, {} root causes)\n",
-        path.display(),
-        lines.len(),
-        causes.len()
-    );
-    if verbose {
-        println!("lines with incomplete evidence:");
-        for l in &lines {
-            let e = udfs::evidence::extract(&schemas::text::desensitize(&l.text));
-            if e.dependency.is_none() || e.mode.is_none() {
-                println!("  {:28} {:24} {}", l.root_cause, e.key(), l.text);
-            }
-        }
-        println!();
-    }
-    let t = eval::evaluate_templates(&lines, udfs::miner::MinerConfig::default());
-    println!(
-        "| templates | grouping accuracy | templates (true {}) |",
-        t.true_templates
-    );
-    println!("|---|---|---|");
-    println!(
-        "| cheap template id (enforcer) | {:.3} | {} |",
-        t.cheap_ga, t.cheap_templates
-    );
-    println!(
-        "| TemplateMiner (Drain-style) | {:.3} | {} |",
-        t.miner_ga, t.miner_templates
-    );
-    println!();
-    let started = Instant::now();
-    let embedder: Arc<dyn TextEmbedder> = Arc::new(eval::CachedEmbedder::new(embedder(choice)?));
-    let base = ClusterConfig::for_model(embedder.name());
-    println!(
-        "embedder: {}  threshold {:.3}  mode bonus {:.3}  dependency bonus {:.3}\n",
-        embedder.name(),
-        base.threshold,
-        base.mode_bonus,
-        base.dependency_bonus
-    );
-    println!("| clusters: variant | clusters | ARI | purity | root causes wrongly merged |");
-    println!("|---|---|---|---|---|");
-    for (name, cfg, recluster) in eval::variants(&base) {
-        let s = eval::evaluate_clusters(&name, &lines, Arc::clone(&embedder), cfg, recluster)?;
-        println!(
-            "| {} | {} | {:.3} | {:.3} | {} |",
-            s.name, s.clusters, s.ari, s.purity, s.merged_causes
-        );
-        if verbose {
-            for (a, b) in &s.merged_pairs {
-                println!("|   merged: {a} + {b} | | | | |");
-            }
-        }
-    }
-    if sweep {
-        println!(
-            "\nsweep (average-linkage; best ARI overall, and best ARI with no merged root causes):"
-        );
-        for similarity in [Similarity::EmbeddingOnly, Similarity::Combined] {
-            let mut best: Option<(f64, ClusterConfig, usize)> = None;
-            let mut best_clean: Option<(f64, ClusterConfig)> = None;
-            for step in 0..=40 {
-                let threshold = 0.1 + step as f32 * 0.02;
-                for bonus in [0.0f32, 0.02, 0.05, 0.1, 0.2] {
-                    if similarity == Similarity::EmbeddingOnly && bonus > 0.0 {
-                        continue;
-                    }
-                    let cfg = ClusterConfig {
-                        threshold,
-                        mode_bonus: bonus,
-                        dependency_bonus: bonus,
-                        similarity,
-                        ..base.clone()
-                    };
-                    let s = eval::evaluate_clusters(
-                        "sweep",
-                        &lines,
-                        Arc::clone(&embedder),
-                        cfg.clone(),
-                        true,
-                    )?;
-                    if best.as_ref().is_none_or(|(a, _, _)| s.ari > *a) {
-                        best = Some((s.ari, cfg.clone(), s.merged_causes));
-                    }
-                    if s.merged_causes == 0 && best_clean.as_ref().is_none_or(|(a, _)| s.ari > *a) {
-                        best_clean = Some((s.ari, cfg));
-                    }
-                }
-            }
-            if let Some((ari, cfg, merged)) = best {
-                println!(
-                    "  {:?}: best ARI {:.3} at threshold {:.2}, bonus {:.2} (merged causes {})",
-                    similarity, ari, cfg.threshold, cfg.mode_bonus, merged
-                );
-            }
-            match best_clean {
-                Some((ari, cfg)) => println!(
-                    "  {:?}: best ARI with no merges {:.3} at threshold {:.2}, bonus {:.2}",
-                    similarity, ari, cfg.threshold, cfg.mode_bonus
-                ),
-                None => println!("  {similarity:?}: every setting merged some root causes"),
-            }
-        }
-    }
-    eprintln!("\neval time: {:.1}s", started.elapsed().as_secs_f64());
+    let embedder = embedder(choice)?;
+    let report = eval::report(&path, embedder, sweep, verbose)?;
+    print!("{report}");
     Ok(())
 }
 

@@ -624,23 +624,31 @@ fn average_linkage(entries: &[&TemplateEntry], cfg: &ClusterConfig) -> Vec<Vec<u
     let mut size = vec![1usize; n];
     let mut alive = vec![true; n];
     let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
-    loop {
-        let mut best: Option<(f32, usize, usize)> = None;
-        for i in 0..n {
-            if !alive[i] {
-                continue;
-            }
-            for j in (i + 1)..n {
-                if !alive[j] {
-                    continue;
-                }
-                let avg = score[i * n + j] / (size[i] * size[j]) as f32;
-                if avg >= cfg.threshold && best.is_none_or(|(b, _, _)| avg > b) {
-                    best = Some((avg, i, j));
+    // Best partner per group, refreshed only when it may have changed: about O(n²) overall
+    // in practice instead of O(n³) for the naive all-pairs scan per merge.
+    let avg = |score: &[f32], size: &[usize], i: usize, j: usize| {
+        score[i * n + j] / (size[i] * size[j]) as f32
+    };
+    let best_of = |score: &[f32], size: &[usize], alive: &[bool], i: usize| {
+        let mut best: Option<(f32, usize)> = None;
+        for j in 0..n {
+            if j != i && alive[j] {
+                let a = avg(score, size, i, j);
+                if a >= cfg.threshold && best.is_none_or(|(b, _)| a > b) {
+                    best = Some((a, j));
                 }
             }
         }
-        let Some((_, a, b)) = best else { break };
+        best
+    };
+    let mut best: Vec<Option<(f32, usize)>> =
+        (0..n).map(|i| best_of(&score, &size, &alive, i)).collect();
+    loop {
+        let pick = (0..n)
+            .filter(|&i| alive[i])
+            .filter_map(|i| best[i].map(|(s, j)| (s, i, j)))
+            .max_by(|x, y| x.0.total_cmp(&y.0).then(y.1.cmp(&x.1)));
+        let Some((_, a, b)) = pick else { break };
         // merge b into a: sums add (NEG_INFINITY stays, i.e. cannot-links persist)
         for k in 0..n {
             if k != a && k != b && alive[k] {
@@ -651,8 +659,24 @@ fn average_linkage(entries: &[&TemplateEntry], cfg: &ClusterConfig) -> Vec<Vec<u
         }
         size[a] += size[b];
         alive[b] = false;
+        best[b] = None;
         let moved = std::mem::take(&mut members[b]);
         members[a].extend(moved);
+        best[a] = best_of(&score, &size, &alive, a);
+        for k in 0..n {
+            if !alive[k] || k == a {
+                continue;
+            }
+            match best[k] {
+                Some((_, j)) if j == a || j == b => best[k] = best_of(&score, &size, &alive, k),
+                _ => {
+                    let s = avg(&score, &size, k, a);
+                    if s >= cfg.threshold && best[k].is_none_or(|(bs, _)| s > bs) {
+                        best[k] = Some((s, a));
+                    }
+                }
+            }
+        }
     }
     members
         .into_iter()

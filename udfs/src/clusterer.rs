@@ -74,7 +74,7 @@ impl FailureClusterer {
             evidence: HashMap::new(),
             new_since_recluster: 0,
             recluster_every: 0,
-            recluster_max_templates: 4000,
+            recluster_max_templates: 3000,
         }
     }
 

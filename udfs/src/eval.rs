@@ -360,6 +360,157 @@ pub fn variants(base: &ClusterConfig) -> Vec<(String, ClusterConfig, bool)> {
     ]
 }
 
+/// Reading the corpus or embedding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The corpus.
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    /// The embedder.
+    #[error(transparent)]
+    Embed(#[from] EmbedFailure),
+    /// Nothing to evaluate.
+    #[error("corpus {0} has no lines")]
+    Empty(String),
+}
+
+/// The evaluation tables (markdown) for a corpus and an embedder; `sweep` adds a threshold
+/// sweep, `verbose` the merged root-cause pairs and lines with incomplete evidence.
+pub fn report(
+    path: &Path,
+    embedder: Arc<dyn TextEmbedder>,
+    sweep: bool,
+    verbose: bool,
+) -> Result<String, ReportError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let lines = load_corpus(path)?;
+    if lines.is_empty() {
+        return Err(ReportError::Empty(path.display().to_string()));
+    }
+    let causes: HashSet<_> = lines.iter().map(|l| &l.root_cause).collect();
+    let lines = shuffled(&lines, 7);
+    let _ = writeln!(
+        out,
+        "corpus: {} ({} lines, {} root causes)\n",
+        path.display(),
+        lines.len(),
+        causes.len()
+    );
+    if verbose {
+        let _ = writeln!(out, "lines with incomplete evidence:");
+        for l in &lines {
+            let e = crate::evidence::extract(&schemas::text::desensitize(&l.text));
+            if e.dependency.is_none() || e.mode.is_none() {
+                let _ = writeln!(out, "  {:28} {:24} {}", l.root_cause, e.key(), l.text);
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let t = evaluate_templates(&lines, MinerConfig::default());
+    let _ = writeln!(
+        out,
+        "| templates | grouping accuracy | templates (true {}) |",
+        t.true_templates
+    );
+    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| cheap template id (enforcer) | {:.3} | {} |",
+        t.cheap_ga, t.cheap_templates
+    );
+    let _ = writeln!(
+        out,
+        "| TemplateMiner (Drain-style) | {:.3} | {} |\n",
+        t.miner_ga, t.miner_templates
+    );
+    let embedder: Arc<dyn TextEmbedder> = Arc::new(CachedEmbedder::new(embedder));
+    let base = ClusterConfig::for_model(embedder.name());
+    let _ = writeln!(
+        out,
+        "embedder: {}  threshold {:.3}  mode bonus {:.3}  dependency bonus {:.3}\n",
+        embedder.name(),
+        base.threshold,
+        base.mode_bonus,
+        base.dependency_bonus
+    );
+    let _ = writeln!(
+        out,
+        "| clusters: variant | clusters | ARI | purity | root causes wrongly merged |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (name, cfg, recluster) in variants(&base) {
+        let s = evaluate_clusters(&name, &lines, Arc::clone(&embedder), cfg, recluster)?;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.3} | {} |",
+            s.name, s.clusters, s.ari, s.purity, s.merged_causes
+        );
+        if verbose {
+            for (a, b) in &s.merged_pairs {
+                let _ = writeln!(out, "|   merged: {a} + {b} | | | | |");
+            }
+        }
+    }
+    if sweep {
+        let _ = writeln!(
+            out,
+            "\nsweep (average-linkage; best ARI overall, and best ARI with no merged root causes):"
+        );
+        for similarity in [Similarity::EmbeddingOnly, Similarity::Combined] {
+            let mut best: Option<(f64, ClusterConfig, usize)> = None;
+            let mut best_clean: Option<(f64, ClusterConfig)> = None;
+            for step in 0..=45 {
+                let threshold = 0.1 + step as f32 * 0.02;
+                for bonus in [0.0f32, 0.01, 0.02, 0.05, 0.1] {
+                    if similarity == Similarity::EmbeddingOnly && bonus > 0.0 {
+                        continue;
+                    }
+                    let cfg = ClusterConfig {
+                        threshold,
+                        mode_bonus: bonus,
+                        dependency_bonus: bonus,
+                        similarity,
+                        ..base.clone()
+                    };
+                    let s = evaluate_clusters(
+                        "sweep",
+                        &lines,
+                        Arc::clone(&embedder),
+                        cfg.clone(),
+                        true,
+                    )?;
+                    if best.as_ref().is_none_or(|(a, _, _)| s.ari > *a) {
+                        best = Some((s.ari, cfg.clone(), s.merged_causes));
+                    }
+                    if s.merged_causes == 0 && best_clean.as_ref().is_none_or(|(a, _)| s.ari > *a) {
+                        best_clean = Some((s.ari, cfg));
+                    }
+                }
+            }
+            if let Some((ari, cfg, merged)) = best {
+                let _ = writeln!(
+                    out,
+                    "  {:?}: best ARI {:.3} at threshold {:.2}, bonus {:.2} (merged causes {})",
+                    similarity, ari, cfg.threshold, cfg.mode_bonus, merged
+                );
+            }
+            let _ = match best_clean {
+                Some((ari, cfg)) => writeln!(
+                    out,
+                    "  {:?}: best ARI with no merges {:.3} at threshold {:.2}, bonus {:.2}",
+                    similarity, ari, cfg.threshold, cfg.mode_bonus
+                ),
+                None => writeln!(
+                    out,
+                    "  {similarity:?}: every setting merged some root causes"
+                ),
+            };
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
