@@ -1,4 +1,5 @@
 //! The streaming job: sources, windowed SQL with the UDFs, the policy applier, sinks, API.
 
 pub mod applier;
+pub mod engine;
 pub mod lifecycle;
