@@ -1,6 +1,8 @@
 //! The windowed SQL engine: windows, watermark and lateness, SQL errors, UDFs, and
 //! `sql/incident.sql` end to end against values computed here from the generated input.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed setup should abort the test loudly
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

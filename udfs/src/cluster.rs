@@ -631,8 +631,8 @@ fn average_linkage(entries: &[&TemplateEntry], cfg: &ClusterConfig) -> Vec<Vec<u
     };
     let best_of = |score: &[f32], size: &[usize], alive: &[bool], i: usize| {
         let mut best: Option<(f32, usize)> = None;
-        for j in 0..n {
-            if j != i && alive[j] {
+        for (j, &live) in alive.iter().enumerate() {
+            if j != i && live {
                 let a = avg(score, size, i, j);
                 if a >= cfg.threshold && best.is_none_or(|(b, _)| a > b) {
                     best = Some((a, j));

@@ -448,7 +448,7 @@ fn read_watermark(clause: &str) -> Option<(String, i64)> {
         return None;
     }
     let column = normalize(words.next()?);
-    let rest = clause.splitn(2, |c: char| c.is_whitespace()).nth(1)?;
+    let (_, rest) = clause.split_once(char::is_whitespace)?;
     let as_at = rest.to_ascii_lowercase().find(" as ")?;
     let expr_text = &rest[as_at + 4..];
     let expr = Parser::new(&GenericDialect {})
