@@ -226,7 +226,7 @@ fn scan(text: &str, mode: Mode) -> Cow<'_, str> {
             i += 1;
             continue;
         }
-        match recognize(b, i, mode, &mut memo) {
+        match recognize(b, i, mode, &mut memo, replaced_end) {
             Step::Replace(start, end, with) => {
                 out.replace(start, end, with);
                 i = end;
@@ -244,8 +244,9 @@ fn scan(text: &str, mode: Mode) -> Cow<'_, str> {
 }
 
 /// Tries the recognizers at a token start `i` (the previous byte is not a word byte).
-fn recognize(b: &[u8], i: usize, mode: Mode, memo: &mut Memo) -> Step {
+fn recognize(b: &[u8], i: usize, mode: Mode, memo: &mut Memo, replaced_end: usize) -> Step {
     let c = b[i];
+    let ipv6_start = || !continues_hex_run(b, i, replaced_end);
     let template = mode == Mode::Template;
     match c {
         b'+' | b'(' => {
@@ -257,6 +258,7 @@ fn recognize(b: &[u8], i: usize, mode: Mode, memo: &mut Memo) -> Step {
         b':' => {
             if at(b, i + 1) == b':'
                 && (i == 0 || b[i - 1] != b':')
+                && ipv6_start()
                 && let Some(end) = ipv6_end(b, i)
             {
                 return Step::Replace(i, end, ph::IP);
@@ -317,6 +319,7 @@ fn recognize(b: &[u8], i: usize, mode: Mode, memo: &mut Memo) -> Step {
         return Step::Replace(i, end, ph::IP);
     }
     if c.is_ascii_hexdigit()
+        && ipv6_start()
         && let Some(end) = ipv6_end(b, i)
     {
         return Step::Replace(i, end, ph::IP);
@@ -651,13 +654,43 @@ fn ipv4_end(b: &[u8], i: usize) -> Option<usize> {
     Some(j)
 }
 
+/// Longest textual IPv6 address (`ffff:...:255.255.255.255`).
+const IPV6_MAX_LEN: usize = 45;
+
+/// Whether `i` is inside a run of hex digits and colons that an earlier token start in this
+/// scan already judged as a whole. A suffix of a run that is not an address must not become
+/// one: masking it would leave `…:<IP>`, and the next scan would take one more group, so
+/// masking a masked text would change it again. A run that starts inside a word (`code:`)
+/// or inside the last replacement was never judged, so it does not count.
+fn continues_hex_run(b: &[u8], i: usize, replaced_end: usize) -> bool {
+    let floor = if replaced_end <= i { replaced_end } else { 0 };
+    let mut s = i;
+    while s > floor && (b[s - 1].is_ascii_hexdigit() || b[s - 1] == b':') {
+        if i - s > IPV6_MAX_LEN {
+            return true; // far too long to be an address; the start saw it first
+        }
+        s -= 1;
+    }
+    if s > floor && is_word(b[s - 1]) {
+        return false;
+    }
+    // leading single colons are punctuation (`port :1:2:…`), not part of the run
+    while s < i && b[s] == b':' && at(b, s + 1) != b':' {
+        s += 1;
+    }
+    s < i
+}
+
 fn ipv6_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i;
     let mut colons = 0usize;
     let mut double = false;
     let mut group_len = 0usize;
     let mut has_digit = false;
-    while j < b.len() && j - i < 46 {
+    while j < b.len() {
+        if j - i > IPV6_MAX_LEN {
+            return None; // never a prefix of a longer run: see `continues_hex_run`
+        }
         let c = b[j];
         if c.is_ascii_hexdigit() {
             group_len += 1;

@@ -245,3 +245,24 @@ proptest! {
         let _ = cheap_template(&text);
     }
 }
+
+/// Masking a masked text changes nothing, including on inputs the fuzzer found
+/// (`fuzz/artifacts-found/desensitize/`).
+#[test]
+fn masking_is_idempotent_on_fuzz_findings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/artifacts-found/desensitize");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz findings directory") {
+        let path = entry.expect("directory entry").path();
+        let bytes = std::fs::read(&path).expect("finding");
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        let once = desensitize(text);
+        let twice = desensitize(&once);
+        assert_eq!(once, twice, "{}: not idempotent", path.display());
+        checked += 1;
+    }
+    assert!(checked > 0, "no findings read from {}", dir.display());
+}
