@@ -71,6 +71,9 @@ pub struct Config {
     /// Where policies come from.
     #[serde(default)]
     pub policies: PoliciesConfig,
+    /// OpenTelemetry trace export. Default: off.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// How long in-flight requests may take to finish on shutdown, ms. Default 10000.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -380,6 +383,90 @@ pub struct PoliciesConfig {
     pub shadow: bool,
 }
 
+/// OpenTelemetry export: one server span per request over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Collector traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (plain HTTP; run the
+    /// collector as a local agent or sidecar). Default: none, export off.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces exported (0.0 to 1.0); a caller's `traceparent` decides for its
+    /// own traces. Default 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Spans queued for export; beyond it spans are dropped, never waited for. Default 4096.
+    #[serde(default = "default_telemetry_queue")]
+    pub max_queue: usize,
+    /// How often queued spans are sent, ms. Default 1000.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+    /// Time allowed for one export request, ms. Default 5000.
+    #[serde(default = "default_export_timeout_ms")]
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: default_sample_ratio(),
+            max_queue: default_telemetry_queue(),
+            export_interval_ms: default_export_interval_ms(),
+            export_timeout_ms: default_export_timeout_ms(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.otlp_endpoint {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !ok {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "{url:?} must be an http:// URL such as http://127.0.0.1:4318/v1/traces"
+                    ),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.max_queue == 0 {
+            return Err(invalid("telemetry.max_queue", "must be > 0"));
+        }
+        if self.export_interval_ms == 0 || self.export_timeout_ms == 0 {
+            let field = if self.export_interval_ms == 0 {
+                "export_interval_ms"
+            } else {
+                "export_timeout_ms"
+            };
+            return Err(invalid(format!("telemetry.{field}"), "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_telemetry_queue() -> usize {
+    4096
+}
+fn default_export_interval_ms() -> u64 {
+    1000
+}
+fn default_export_timeout_ms() -> u64 {
+    5000
+}
+
 /// The policy source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -481,6 +568,7 @@ impl Config {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one route is required"));
         }
@@ -682,6 +770,14 @@ mod tests {
     fn errors_name_the_field_path() {
         let cases = [
             ("routes: []\n", "routes: at least one route"),
+            (
+                "telemetry: {otlp_endpoint: \"grpc://collector:4317\"}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "telemetry: {sample_ratio: 1.5}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "telemetry.sample_ratio: must be between",
+            ),
             (
                 "routes:\n  - name: api\n    upstreams: [\"http://127.0.0.1:9000\"]\n    timeout: 3\n",
                 "routes[0]: unknown field `timeout`",

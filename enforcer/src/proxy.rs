@@ -43,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::policy::{PolicyRuntime, PolicyStore, RejectKind, RequestView, Verdict};
 use crate::predicate::Predicate;
 use crate::route::{RouteMatcher, Upstream, UpstreamPool, parse_upstream};
+use crate::telemetry::{RequestSpan, Telemetry};
 
 /// `X-Gateway-Policy`: which policy (or classic limit) answered.
 pub static X_GATEWAY_POLICY: HeaderName = HeaderName::from_static("x-gateway-policy");
@@ -176,6 +177,7 @@ pub struct Proxy {
     metrics: Metrics,
     client: Client<HttpConnector, ProxyBody>,
     clock: Clock,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// How the upstream exchange ended, before the response is built.
@@ -195,6 +197,8 @@ struct Context<'a> {
     trace_id: String,
     span_id: String,
     trace_flags: String,
+    /// The caller's span id, when a valid `traceparent` came in.
+    parent_span_id: Option<String>,
     dimensions: Dimensions,
     started: Instant,
     wall_ms: i64,
@@ -208,6 +212,7 @@ impl Proxy {
         events: Arc<EventEmitter>,
         metrics: Metrics,
         clock: Clock,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Result<Self, String> {
         let now = clock.monotonic_ms();
         let routes = config
@@ -232,6 +237,7 @@ impl Proxy {
             metrics,
             client,
             clock,
+            telemetry,
         })
     }
 
@@ -273,12 +279,15 @@ impl Proxy {
             .unwrap_or_else(|| {
                 HeaderValue::from_str(&random_id128()).unwrap_or(HeaderValue::from_static("0"))
             });
-        let (trace_id, trace_flags) = req
+        let (trace_id, parent_span_id, trace_flags) = match req
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent)
-            .unwrap_or_else(|| (random_id128(), "01".to_owned()));
+        {
+            Some(t) => (t.trace_id, Some(t.parent_id), t.flags),
+            None => (random_id128(), None, "01".to_owned()),
+        };
         let mut ctx = Context {
             route,
             method: req.method().clone(),
@@ -287,6 +296,7 @@ impl Proxy {
             trace_id,
             span_id: random_id64(),
             trace_flags,
+            parent_span_id,
             dimensions: Dimensions::new(),
             started,
             wall_ms: self.clock.wall_ms(),
@@ -817,6 +827,27 @@ impl Proxy {
             latency_us = ctx.started.elapsed().as_micros() as u64,
             "request"
         );
+        if let Some(telemetry) = &self.telemetry {
+            let end = std::time::SystemTime::now();
+            telemetry.record(&RequestSpan {
+                trace_id: &ctx.trace_id,
+                span_id: &ctx.span_id,
+                parent_span_id: ctx.parent_span_id.as_deref(),
+                parent_sampled: ctx
+                    .parent_span_id
+                    .as_ref()
+                    .map(|_| trace_flags_sampled(&ctx.trace_flags)),
+                route,
+                method,
+                path: &ctx.path,
+                status: status.as_u16(),
+                cluster,
+                is_error,
+                rejected,
+                start: end.checked_sub(ctx.started.elapsed()).unwrap_or(end),
+                end,
+            });
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -969,8 +1000,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` → (trace id, flags).
-fn parse_traceparent(v: &str) -> Option<(String, String)> {
+/// A valid incoming `traceparent`.
+#[derive(Debug, PartialEq)]
+struct TraceParent {
+    trace_id: String,
+    parent_id: String,
+    flags: String,
+}
+
+/// Whether W3C trace flags (2 hex digits) have the `sampled` bit.
+fn trace_flags_sampled(flags: &str) -> bool {
+    u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+fn parse_traceparent(v: &str) -> Option<TraceParent> {
     let mut parts = v.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -986,7 +1030,11 @@ fn parse_traceparent(v: &str) -> Option<(String, String)> {
         && hex(parent, 16)
         && parent.bytes().any(|b| b != b'0')
         && hex(flags, 2);
-    ok.then(|| (trace.to_owned(), flags.to_owned()))
+    ok.then(|| TraceParent {
+        trace_id: trace.to_owned(),
+        parent_id: parent.to_owned(),
+        flags: flags.to_owned(),
+    })
 }
 
 /// A random 128-bit id as 32 lower-case hex digits (W3C trace ids, request and event ids).
@@ -1055,8 +1103,14 @@ mod tests {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(
             parse_traceparent(ok),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "01".into()))
+            Some(TraceParent {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                parent_id: "00f067aa0ba902b7".into(),
+                flags: "01".into(),
+            })
         );
+        assert!(trace_flags_sampled("01") && trace_flags_sampled("03"));
+        assert!(!trace_flags_sampled("00") && !trace_flags_sampled("zz"));
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

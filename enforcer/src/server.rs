@@ -35,6 +35,7 @@ use crate::policy::PolicyStore;
 use crate::policy_source::{FileSource, PolicySource};
 use crate::proxy::Proxy;
 use crate::sink::{self, DiscardSink};
+use crate::telemetry::Telemetry;
 
 /// Largest snapshot accepted on the admin endpoint.
 const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
@@ -54,6 +55,7 @@ pub struct Gateway {
     pub metrics: Metrics,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Gateway {
@@ -71,6 +73,9 @@ impl Gateway {
         ));
         let (emitter, events_rx) = EventEmitter::new(&config.events, metrics.clone());
         let emitter = Arc::new(emitter);
+        let telemetry = Telemetry::start(&config.telemetry, &config.service_name)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(Arc::new);
         let proxy = Arc::new(
             Proxy::new(
                 &config,
@@ -78,6 +83,7 @@ impl Gateway {
                 Arc::clone(&emitter),
                 metrics.clone(),
                 clock,
+                telemetry.clone(),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
         );
@@ -166,6 +172,7 @@ impl Gateway {
             metrics,
             tasks,
             shutdown,
+            telemetry,
         })
     }
 
@@ -188,15 +195,20 @@ impl Gateway {
     }
 
     /// Stops accepting, drains in-flight requests, and waits for every task.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Waits until the shutdown token is cancelled and every task ended.
+    /// Waits until the shutdown token is cancelled and every task ended, then sends the
+    /// spans still queued for export.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
+        if let Some(t) = self.telemetry.take() {
+            // The processor's shutdown joins its export thread: keep it off the runtime.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use schemas::GatewayRecord;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -588,6 +590,124 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     rt.stop().await;
     assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
+}
+
+type Exports = Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>;
+
+/// An OTLP/HTTP collector: decodes and keeps every `POST /v1/traces` body.
+async fn collector() -> (SocketAddr, Exports) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Exports = Arc::default();
+    let keep = Arc::clone(&got);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let keep = Arc::clone(&keep);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let keep = Arc::clone(&keep);
+                    async move {
+                        let ok = req.uri().path() == "/v1/traces"
+                            && req.headers()["content-type"] == "application/x-protobuf";
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let status = match ExportTraceServiceRequest::decode(body) {
+                            Ok(export) if ok => {
+                                keep.lock().unwrap().push(export);
+                                StatusCode::OK
+                            }
+                            _ => StatusCode::BAD_REQUEST,
+                        };
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = status;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn request_spans_reach_an_otlp_collector_with_the_forwarded_ids() {
+    let up = upstream().await;
+    let (collector_addr, exports) = collector().await;
+    let yaml = format!(
+        "telemetry: {{ otlp_endpoint: \"http://{collector_addr}/v1/traces\", export_interval_ms: 100 }}\nservice_name: edge-gw\n{}",
+        config(&format!("\"http://{}\"", up.addr), "")
+    );
+    let rt = start(&yaml).await;
+    let forwarded = |body: &str| -> (String, String) {
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+        let tp = seen["traceparent"].as_str().unwrap().to_owned();
+        let parts: Vec<&str> = tp.split('-').collect();
+        (parts[1].to_owned(), parts[2].to_owned())
+    };
+    // A sampled caller: the span continues its trace, with the caller's span as parent.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, _, body) = rt
+        .send(Method::GET, "/echo", &[("traceparent", caller)], "")
+        .await;
+    let (_, sampled_span) = forwarded(&body);
+    // An unsampled caller: nothing exported.
+    let unsampled = "00-11111111111111111111111111111111-00f067aa0ba902b7-00";
+    rt.send(Method::GET, "/echo", &[("traceparent", unsampled)], "")
+        .await;
+    // A new trace (sample_ratio 1.0), and an upstream error.
+    let (_, _, body) = rt.send(Method::GET, "/echo", &[], "").await;
+    let (new_trace, new_span) = forwarded(&body);
+    let (status, _, _) = rt.send(Method::GET, "/fail", &[], "").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    rt.stop().await; // flushes the exporter
+
+    let exports = exports.lock().unwrap();
+    let resource = exports[0].resource_spans[0].resource.as_ref().unwrap();
+    assert!(
+        resource
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "service.name" && format!("{:?}", kv.value).contains("edge-gw")),
+        "{resource:?}"
+    );
+    let spans: Vec<_> = exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let by_span = |id: &str| spans.iter().find(|s| hex(&s.span_id) == id).unwrap();
+    let s = by_span(&sampled_span);
+    assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&s.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(s.name, "GET api");
+    assert_eq!(s.kind, 2, "SPAN_KIND_SERVER");
+    let s = by_span(&new_span);
+    assert_eq!(hex(&s.trace_id), new_trace);
+    assert!(s.parent_span_id.is_empty(), "a new trace has no parent");
+    let failed = spans
+        .iter()
+        .find(|s| {
+            s.attributes.iter().any(|kv| {
+                kv.key == "http.response.status_code" && format!("{:?}", kv.value).contains("500")
+            })
+        })
+        .unwrap();
+    assert_eq!(failed.status.as_ref().unwrap().code, 2, "STATUS_CODE_ERROR");
+    assert!(
+        failed.end_time_unix_nano >= failed.start_time_unix_nano,
+        "{failed:?}"
+    );
 }
 
 #[test]
