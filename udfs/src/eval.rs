@@ -460,9 +460,10 @@ pub fn report(
         for similarity in [Similarity::EmbeddingOnly, Similarity::Combined] {
             let mut best: Option<(f64, ClusterConfig, usize)> = None;
             let mut best_clean: Option<(f64, ClusterConfig)> = None;
-            for step in 0..=45 {
-                let threshold = 0.1 + step as f32 * 0.02;
-                for bonus in [0.0f32, 0.01, 0.02, 0.05, 0.1] {
+            // Steps of 0.01: model cosines can sit in a narrow band (e5's 0.79-0.91).
+            for step in 0..=90 {
+                let threshold = (10 + step) as f32 / 100.0;
+                for bonus in [0.0f32, 0.01, 0.02, 0.03, 0.05, 0.1] {
                     if similarity == Similarity::EmbeddingOnly && bonus > 0.0 {
                         continue;
                     }
