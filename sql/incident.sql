@@ -8,6 +8,10 @@
 --                         (error rate >= 20 % and >= 50 errors in the window, the plan's rule).
 --   route_template_errors: per (route, template_id), the error count, for templates seen at
 --                         least 5 times in the window (smaller groups are noise).
+--   cluster_window_stats: per (route, failure cluster), the weighted errors of this 10 s
+--                         window and of the one before it, and growth = errors / max(previous,
+--                         1). `cluster_of` (a UDF from udfs/) masks, templates, embeds new
+--                         templates and assigns the nearest cluster.
 --
 -- Edit the thresholds below and restart the job to change what counts as an incident.
 -- Dialect: Arroyo (sources / sinks as CREATE TABLE ... WITH (connector = ...), windows as
@@ -58,6 +62,14 @@ CREATE TABLE route_window_stats WITH (
     bootstrap_servers = 'localhost:9092'
 );
 
+CREATE TABLE cluster_window_stats WITH (
+    connector = 'kafka',
+    type = 'sink',
+    format = 'json',
+    topic = 'gateway.cluster_window_stats',
+    bootstrap_servers = 'localhost:9092'
+);
+
 CREATE TABLE route_template_errors WITH (
     connector = 'kafka',
     type = 'sink',
@@ -101,3 +113,33 @@ SELECT
 FROM error_events
 GROUP BY window, route, template_id
 HAVING COUNT(*) >= 5;
+
+-- A 20 s window sliding by 10 s holds this window and the previous one: its rows split at
+-- `window.end - 10 s` into the current and the previous half.
+INSERT INTO cluster_window_stats
+SELECT
+    window,
+    route,
+    cluster_id,
+    errors,
+    previous_errors,
+    CAST(errors AS DOUBLE) / CAST(GREATEST(previous_errors, 1) AS DOUBLE) AS growth
+FROM (
+    SELECT
+        window,
+        route,
+        cluster_id,
+        CAST(ROUND(SUM(CASE WHEN current THEN w ELSE 0.0 END)) AS BIGINT) AS errors,
+        CAST(ROUND(SUM(CASE WHEN current THEN 0.0 ELSE w END)) AS BIGINT) AS previous_errors
+    FROM (
+        SELECT
+            HOP(INTERVAL '10 seconds', INTERVAL '20 seconds') AS window,
+            route,
+            cluster_of(message) AS cluster_id,
+            ts >= get_field(HOP(INTERVAL '10 seconds', INTERVAL '20 seconds'), 'end')
+                - INTERVAL '10 seconds' AS current,
+            1.0 / sample_rate AS w
+        FROM error_events
+    ) e
+    GROUP BY window, route, cluster_id
+) g;

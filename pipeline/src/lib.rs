@@ -3,3 +3,4 @@
 pub mod applier;
 pub mod engine;
 pub mod lifecycle;
+pub mod udf;

@@ -411,6 +411,51 @@ async fn registered_udfs_run_in_the_sql() {
     assert_eq!(got, want);
 }
 
+#[tokio::test]
+async fn the_udfs_crate_functions_are_callable_from_sql() {
+    let sql = "CREATE TABLE errs (ts TIMESTAMP, message TEXT, \
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'kafka');\n\
+               CREATE TABLE out WITH (connector = 'kafka', type = 'sink');\n\
+               INSERT INTO out SELECT TUMBLE(INTERVAL '10 seconds') AS window, message, \
+               mask_pii(message) AS masked, template_id(message) AS tid, \
+               template(message) AS tpl, cluster_of(message) AS cluster, \
+               embedding(message) AS emb FROM errs;";
+    let (mut engine, out) = engine_for(&[("udfs.sql", sql)]).unwrap();
+    pipeline::udf::register(&mut engine);
+    engine.validate().await.unwrap();
+    let messages = [
+        "dial tcp 10.0.0.1:5432: connect: connection refused (user a.b@example.com)",
+        "dial tcp 10.0.0.9:5432: connect: connection refused (user c.d@example.com)",
+        "x509: certificate has expired or is not yet valid: current time 2026-11-28T10:00:00Z",
+    ];
+    let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![1_000, 2_000, 3_000]));
+    let msg: ArrayRef = Arc::new(StringArray::from(messages.to_vec()));
+    let b = RecordBatch::try_from_iter(vec![("ts", ts), ("message", msg)]).unwrap();
+    engine.push_batch("errs", b).await.unwrap();
+    engine.flush().await.unwrap();
+    let got: BTreeMap<String, Row> = rows(&out.lock().unwrap(), "out")
+        .into_iter()
+        .map(|(_, r)| (r["message"].clone(), r))
+        .collect();
+    let (a, b, c) = (&got[messages[0]], &got[messages[1]], &got[messages[2]]);
+    assert!(
+        a["masked"].contains("<EMAIL>") && !a["masked"].contains("example.com"),
+        "{a:?}"
+    );
+    assert_eq!(a["tid"], b["tid"], "same template");
+    assert_ne!(a["tid"], c["tid"]);
+    assert_eq!(a["tpl"], b["tpl"]);
+    assert!(!a["tpl"].contains("10.0.0.1"), "{a:?}");
+    assert_eq!(a["cluster"], b["cluster"], "same failure, same cluster");
+    assert_ne!(
+        a["cluster"], c["cluster"],
+        "refused database vs expired certificate"
+    );
+    let dim = udfs::sql::embedding(Some("x")).unwrap().len();
+    assert!(dim > 0 && dim.is_multiple_of(4));
+    assert_eq!(a["emb"].len(), 2 * dim, "packed f32, shown as hex");
+}
+
 // ---------------------------------------------------------------- sql/incident.sql end to end
 
 const T0: i64 = 1_700_000_000_000; // a multiple of 10 s
@@ -539,9 +584,42 @@ fn expected_templates(
 
 type Stats = BTreeMap<(i64, String), (i64, u64, f64, bool)>;
 type Templates = BTreeMap<(i64, String, u64), u64>;
+/// (window end, route, cluster id) → (errors, previous errors, growth).
+type Clusters = BTreeMap<(i64, String, String), (i64, i64, f64)>;
 
-async fn run_incident(sql: &str, seconds: &[Vec<GatewayRecord>]) -> (Stats, Templates, Engine) {
+/// Expected `cluster_window_stats` for the 20 s hops ending every 10 s: errors of the last
+/// 10 s, of the 10 s before, and their ratio. Cluster ids come from the same `cluster_of`.
+fn expected_clusters(seconds: &[Vec<GatewayRecord>]) -> Clusters {
+    let mut halves: BTreeMap<(i64, String, String), (f64, f64)> = BTreeMap::new();
+    for r in seconds.iter().flatten() {
+        let GatewayRecord::Error(e) = r else { continue };
+        let cluster = udfs::sql::cluster_of(Some(&e.message)).unwrap();
+        let end = (e.timestamp_ms.div_euclid(10_000) + 1) * 10_000;
+        let w = 1.0 / e.sample_rate;
+        halves
+            .entry((end, e.route.clone(), cluster.clone()))
+            .or_default()
+            .0 += w;
+        halves
+            .entry((end + 10_000, e.route.clone(), cluster))
+            .or_default()
+            .1 += w;
+    }
+    halves
+        .into_iter()
+        .map(|(k, (cur, prev))| {
+            let (cur, prev) = (cur.round() as i64, prev.round() as i64);
+            (k, (cur, prev, cur as f64 / prev.max(1) as f64))
+        })
+        .collect()
+}
+
+async fn run_incident(
+    sql: &str,
+    seconds: &[Vec<GatewayRecord>],
+) -> (Stats, Templates, Clusters, Engine) {
     let (mut engine, out) = engine_for(&[("sql/incident.sql", sql)]).unwrap();
+    pipeline::udf::register(&mut engine);
     engine.validate().await.unwrap();
     let mut emitted_before_end = 0;
     for (s, recs) in seconds.iter().enumerate() {
@@ -553,8 +631,8 @@ async fn run_incident(sql: &str, seconds: &[Vec<GatewayRecord>]) -> (Stats, Temp
     }
     engine.flush().await.unwrap();
     assert_eq!(
-        emitted_before_end, 2,
-        "window 0 closed once per query by 12 s"
+        emitted_before_end, 3,
+        "by 12 s, window 0 closed once per query (the 20 s hop ending at 10 s included)"
     );
     let outputs = out.lock().unwrap();
     let mut stats = Stats::new();
@@ -572,6 +650,16 @@ async fn run_incident(sql: &str, seconds: &[Vec<GatewayRecord>]) -> (Stats, Temp
             "one row per window and route"
         );
     }
+    let mut clusters = Clusters::new();
+    for (w, r) in rows(&outputs, "cluster_window_stats") {
+        let key = (w.end_ms, r["route"].clone(), r["cluster_id"].clone());
+        let value = (
+            r["errors"].parse().unwrap(),
+            r["previous_errors"].parse().unwrap(),
+            r["growth"].parse().unwrap(),
+        );
+        assert!(clusters.insert(key, value).is_none(), "{r:?}");
+    }
     let mut templates = Templates::new();
     for (w, r) in rows(&outputs, "route_template_errors") {
         let key = (
@@ -586,16 +674,26 @@ async fn run_incident(sql: &str, seconds: &[Vec<GatewayRecord>]) -> (Stats, Temp
         );
     }
     drop(outputs);
-    (stats, templates, engine)
+    (stats, templates, clusters, engine)
 }
 
 #[tokio::test]
 async fn incident_sql_end_to_end_over_thirty_seconds() {
     let seconds = thirty_seconds();
-    let (stats, templates, engine) = run_incident(&incident_sql(), &seconds).await;
+    let (stats, templates, clusters, engine) = run_incident(&incident_sql(), &seconds).await;
 
     assert_eq!(stats, expected_stats(&seconds, 0.2));
     assert_eq!(templates, expected_templates(&seconds, 5));
+    assert_eq!(clusters, expected_clusters(&seconds));
+    // Payments' alipay failure (B) appears at 10-20 s: 250 errors against none before.
+    let b = udfs::sql::cluster_of(Some(MSG_B)).unwrap();
+    let a = udfs::sql::cluster_of(Some(MSG_A)).unwrap();
+    assert_ne!(a, b, "a timeout and a channel error are different failures");
+    let pay =
+        |end: i64, c: &str| clusters[&(T0 + end * 1000, "payments".to_string(), c.to_string())];
+    assert_eq!(pay(20, &b), (250, 0, 250.0));
+    assert_eq!(pay(30, &b), (0, 250, 0.0), "the next window sees it gone");
+    assert_eq!(pay(20, &a), (50, 20, 2.5));
     // A few cells written out, so a wrong expectation function cannot hide a wrong engine.
     let p = |w: i64| stats[&(T0 + w * 1000, "payments".to_string())];
     let s = |w: i64| stats[&(T0 + w * 1000, "search".to_string())];
@@ -641,7 +739,7 @@ async fn editing_a_threshold_in_the_sql_changes_the_output() {
     let edited = original
         .replace(">= 0.2", ">= 0.1")
         .replace("HAVING COUNT(*) >= 5", "HAVING COUNT(*) >= 3");
-    let (stats, templates, _) = run_incident(&edited, &seconds).await;
+    let (stats, templates, _, _) = run_incident(&edited, &seconds).await;
     assert_eq!(stats, expected_stats(&seconds, 0.1));
     assert_eq!(templates, expected_templates(&seconds, 3));
     // search at 12 % with 60 errors is now an incident; the rare template D now shows.
@@ -670,6 +768,7 @@ async fn every_shipped_sql_file_loads_and_plans() {
         let spec = JobSpec::from_files(&[&f]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!spec.queries.is_empty(), "{}", f.display());
         let mut engine = Engine::new(spec, Box::new(|_| {}));
+        pipeline::udf::register(&mut engine);
         engine.validate().await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
