@@ -9,6 +9,9 @@ pub mod clusterer;
 pub mod embed;
 pub mod eval;
 pub mod evidence;
+#[cfg(feature = "faiss")]
+pub mod faiss_index;
+pub mod hnsw;
 pub mod miner;
 pub mod slice;
 pub mod sql;
