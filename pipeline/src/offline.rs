@@ -35,7 +35,9 @@ fn embedder(choice: EmbedderChoice) -> anyhow::Result<Arc<dyn TextEmbedder>> {
 }
 
 fn e5_embedder() -> anyhow::Result<Arc<dyn TextEmbedder>> {
-    bail!("the e5 embedder is not available in this build yet; use --embedder ngram")
+    let model = udfs::embed::default_embedder()
+        .map_err(|e| anyhow::anyhow!("loading the built-in e5 model: {e}"))?;
+    Ok(model)
 }
 
 /// Input problems worth telling the user about.

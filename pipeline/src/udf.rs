@@ -38,83 +38,53 @@ pub fn register(engine: &mut Engine) {
 
 /// The UDFs, built.
 pub fn all() -> Vec<ScalarUDF> {
+    use udfs::sql;
     vec![
-        text_udf(
+        text_udf::<_, StringArray>(
             "mask_pii",
             DataType::Utf8,
             Volatility::Immutable,
-            |texts| -> ArrayRef {
-                Arc::new(
-                    texts
-                        .iter()
-                        .map(udfs::sql::mask_pii)
-                        .collect::<StringArray>(),
-                )
-            },
+            sql::mask_pii,
         ),
-        text_udf(
+        text_udf::<_, Int64Array>(
             "template_id",
             DataType::Int64,
             Volatility::Volatile,
-            |texts| -> ArrayRef {
-                Arc::new(
-                    texts
-                        .iter()
-                        .map(udfs::sql::template_id)
-                        .collect::<Int64Array>(),
-                )
-            },
+            sql::template_id,
         ),
-        text_udf(
+        text_udf::<_, StringArray>(
             "template",
             DataType::Utf8,
             Volatility::Volatile,
-            |texts| -> ArrayRef {
-                Arc::new(
-                    texts
-                        .iter()
-                        .map(udfs::sql::template)
-                        .collect::<StringArray>(),
-                )
-            },
+            sql::template,
         ),
-        text_udf(
+        text_udf::<_, StringArray>(
             "cluster_of",
             DataType::Utf8,
             Volatility::Volatile,
-            |texts| -> ArrayRef {
-                Arc::new(
-                    texts
-                        .iter()
-                        .map(udfs::sql::cluster_of)
-                        .collect::<StringArray>(),
-                )
-            },
+            sql::cluster_of,
         ),
-        text_udf(
+        text_udf::<_, BinaryArray>(
             "embedding",
             DataType::Binary,
             Volatility::Immutable,
-            |texts| -> ArrayRef {
-                Arc::new(
-                    texts
-                        .iter()
-                        .map(udfs::sql::embedding)
-                        .collect::<BinaryArray>(),
-                )
-            },
+            sql::embedding,
         ),
     ]
 }
 
-/// A one-argument text function: the argument is cast to `Utf8` (so `Utf8View` and
-/// `LargeUtf8` columns work too) and `rows` maps it to the result column.
-fn text_udf(
+/// A one-argument text function applied row by row: the argument is cast to `Utf8` (so
+/// `Utf8View` and `LargeUtf8` columns work too), `f` maps each row, `A` collects the column.
+fn text_udf<T, A>(
     name: &str,
     returns: DataType,
     volatility: Volatility,
-    rows: fn(&StringArray) -> ArrayRef,
-) -> ScalarUDF {
+    f: fn(Option<&str>) -> Option<T>,
+) -> ScalarUDF
+where
+    T: 'static,
+    A: Array + FromIterator<Option<T>> + 'static,
+{
     let null_type = returns.clone();
     let fun = Arc::new(move |args: &[ColumnarValue]| -> DfResult<ColumnarValue> {
         let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
@@ -127,7 +97,7 @@ fn text_udf(
                 arrays[0].len(),
             )));
         };
-        let out = rows(text);
+        let out: ArrayRef = Arc::new(text.iter().map(f).collect::<A>());
         if scalar {
             Ok(ColumnarValue::Scalar(
                 datafusion::scalar::ScalarValue::try_from_array(&out, 0)?,

@@ -162,3 +162,32 @@ fn bad_input_gets_messages_not_crashes() {
     assert!(!ok);
     assert!(stderr.contains("cannot open input"), "{stderr}");
 }
+
+#[test]
+fn the_built_in_e5_model_clusters_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.jsonl");
+    std::fs::write(
+        &input,
+        "dial tcp 10.0.0.1:5432: connect: connection refused\n\
+         dial tcp 10.0.0.7:5432: connect: connection refused\n\
+         x509: certificate has expired or is not yet valid\n",
+    )
+    .expect("write input");
+    let (ok, stderr) = run(&[
+        "cluster",
+        "--embedder",
+        "e5",
+        "--input",
+        input.to_str().unwrap_or_default(),
+        "--output",
+        output.to_str().unwrap_or_default(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines = output_lines(&output);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["cluster_id"], lines[1]["cluster_id"]);
+    assert_ne!(lines[0]["cluster_id"], lines[2]["cluster_id"]);
+}

@@ -14,32 +14,12 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use udfs::cluster::{ExactIndex, NgramEmbedder, VectorIndex, normalise};
+use udfs::cluster::{ExactIndex, NgramEmbedder, VectorIndex, unit_vectors};
 use udfs::hnsw::{HnswIndex, HnswParams};
 
 const DIMS: usize = 384;
 const QUERIES: usize = 500;
 const K: usize = 16;
-
-/// splitmix64-driven unit vectors, the same every run.
-fn unit_vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
-    (0..n)
-        .map(|_| {
-            let mut v: Vec<f32> = (0..DIMS).map(|_| next()).collect();
-            normalise(&mut v);
-            v
-        })
-        .collect()
-}
 
 /// N-gram embeddings of distinct failure messages: structured like real centroids (many
 /// near neighbours sharing words), unlike random vectors.
@@ -179,8 +159,8 @@ fn nearest_cluster(c: &mut Criterion) {
         compare(
             c,
             "random",
-            &unit_vectors(clusters, 11),
-            &unit_vectors(QUERIES, 12),
+            &unit_vectors(clusters, DIMS, 11),
+            &unit_vectors(QUERIES, DIMS, 12),
         );
     }
 }

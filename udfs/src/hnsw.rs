@@ -250,27 +250,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code
 
     use super::*;
-    use crate::cluster::{ExactIndex, normalise};
-
-    /// splitmix64: deterministic test vectors without a rand dependency.
-    fn unit_vectors(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut state = seed;
-        let mut next = move || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
-        (0..n)
-            .map(|_| {
-                let mut v: Vec<f32> = (0..dims).map(|_| next()).collect();
-                normalise(&mut v);
-                v
-            })
-            .collect()
-    }
+    use crate::cluster::{ExactIndex, unit_vectors};
 
     #[test]
     fn finds_the_same_nearest_as_the_exact_scan() {
