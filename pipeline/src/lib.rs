@@ -2,5 +2,6 @@
 
 pub mod applier;
 pub mod engine;
+pub mod io;
 pub mod lifecycle;
 pub mod udf;
