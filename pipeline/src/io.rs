@@ -17,10 +17,8 @@ pub struct IoError(pub String);
 /// The enforcers' records (error events, traffic samples, per-route counts), in order per route.
 pub trait RecordSource: Send {
     /// Waits for the next records, at most `max`; `None` once the source has ended for good.
-    fn next_batch(
-        &mut self,
-        max: usize,
-    ) -> impl Future<Output = Option<Vec<GatewayRecord>>> + Send;
+    fn next_batch(&mut self, max: usize)
+    -> impl Future<Output = Option<Vec<GatewayRecord>>> + Send;
 
     /// Everything returned so far has been processed and its results applied: a durable
     /// source commits its position here (at-least-once delivery); the channel does nothing.

@@ -248,6 +248,21 @@ impl Lifecycle {
         }
     }
 
+    /// The generated policy was refused (no slice, bad parameters): a new incident goes back
+    /// to MONITORING so a later window can try again; a refused escalation keeps the policy
+    /// in force.
+    pub fn on_refused(&mut self, at_ms: i64) {
+        match self.phase {
+            Phase::Triggered | Phase::PolicyGenerated => {
+                self.enter(Phase::Monitoring, at_ms);
+                self.severity = 0.0;
+                self.last_change_ms = None;
+            }
+            Phase::Escalating => self.enter(Phase::Active, at_ms),
+            _ => {}
+        }
+    }
+
     /// The policy's expiry passed without renewal.
     pub fn on_expired(&mut self, at_ms: i64) {
         if self.severity > 0.0 || self.phase != Phase::Monitoring {

@@ -89,6 +89,18 @@ impl LearnedSlice {
     }
 }
 
+/// Whether `request` falls in `slice`: some conjunction on its route whose tests all hold
+/// (a `route` test compares the route name; other keys the request's attributes).
+pub fn matches(slice: &Slice, request: &WeightedRequest) -> bool {
+    slice.any.iter().any(|c| {
+        c.route == request.route
+            && c.all.iter().all(|m| match &m.key {
+                DimensionKey::Route => m.value == request.route,
+                key => request.attributes.get(&key.to_string()) == Some(&m.value),
+            })
+    })
+}
+
 /// Tunables of the search; [`Default`] holds the plan's values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceLearner {
@@ -397,6 +409,30 @@ mod tests {
             s.traffic
         );
         assert!((s.error_rate() - 0.15).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_learned_slice_matches_its_requests_and_no_others() {
+        let errors = many(
+            60,
+            "payments",
+            &[("method", "POST"), ("body:channel", "alipay")],
+            1.0,
+        );
+        let routes = HashMap::from([("payments".to_owned(), 1200.0)]);
+        let s = SliceLearner::default()
+            .learn(&errors, &payments_traffic(), &routes)
+            .unwrap();
+        let traffic = payments_traffic();
+        let inside: Vec<_> = traffic.iter().filter(|t| matches(&s.slice, t)).collect();
+        assert_eq!(inside.len(), 20);
+        assert!(
+            inside
+                .iter()
+                .all(|t| t.attributes["body:channel"] == "alipay")
+        );
+        let other_route = req("orders", &[("body:channel", "alipay")], 1.0);
+        assert!(!matches(&s.slice, &other_route));
     }
 
     #[test]

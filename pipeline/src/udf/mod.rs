@@ -1,6 +1,7 @@
 //! The `udfs` functions as DataFusion scalar UDFs, so the job's SQL can call them:
 //! `mask_pii(text) -> text`, `template_id(text) -> bigint`, `template(text) -> text`,
-//! `cluster_of(text) -> text`, `embedding(text) -> bytea`.
+//! `cluster_of(text) -> text`, `embedding(text) -> bytea`; and the slice learner
+//! ([`slice`]): `request_row(...) -> text`, `learn_slice(lists) -> struct`.
 //!
 //! Each is a thin adapter over the plain function in `udfs::sql` (the same function the
 //! Arroyo wrappers call), applied row by row; a NULL or unusable row gives NULL, never an
@@ -20,7 +21,9 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 
 use crate::engine::Engine;
 
-/// Names of the functions [`register`] adds.
+pub mod slice;
+
+/// Names of the text functions over `udfs::sql` (the ones with Arroyo wrappers).
 pub const NAMES: &[&str] = &[
     "mask_pii",
     "template_id",
@@ -29,9 +32,12 @@ pub const NAMES: &[&str] = &[
     "embedding",
 ];
 
+/// Names of the slice-learning functions ([`slice`]).
+pub const SLICE_NAMES: &[&str] = &["request_row", "learn_slice"];
+
 /// Registers every UDF on the engine.
 pub fn register(engine: &mut Engine) {
-    for udf in all() {
+    for udf in all().into_iter().chain(slice::all()) {
         engine.register_udf(udf);
     }
 }
@@ -117,5 +123,7 @@ mod tests {
     fn every_name_is_built_once() {
         let names: Vec<String> = all().iter().map(|u| u.name().to_owned()).collect();
         assert_eq!(names, NAMES);
+        let names: Vec<String> = slice::all().iter().map(|u| u.name().to_owned()).collect();
+        assert_eq!(names, SLICE_NAMES);
     }
 }
