@@ -190,6 +190,7 @@ SELECT
     previous_errors,
     growth,
     signature,
+    templates,
     slice,
     slice_traffic,
     slice_samples,
@@ -228,6 +229,7 @@ FROM (
             e.previous_errors,
             CAST(e.errors AS DOUBLE) / CAST(GREATEST(e.previous_errors, 1) AS DOUBLE) AS growth,
             e.signature,
+            e.templates,
             get_field(e.learned, 'slice') AS slice,
             get_field(e.learned, 'traffic') AS slice_traffic,
             get_field(e.learned, 'samples') AS slice_samples,
@@ -242,6 +244,7 @@ FROM (
                 e.errors,
                 e.previous_errors,
                 e.signature,
+                e.templates,
                 -- Share of the 10 s since the cluster's first error (at least 1 s).
                 LEAST(1.0, GREATEST(1000.0, CAST(e.window_end_ms - e.first_error_ms AS DOUBLE))
                     / 10000.0) AS active_share,
@@ -254,6 +257,7 @@ FROM (
                     CAST(ROUND(SUM(CASE WHEN current THEN 0.0 ELSE w END)) AS BIGINT)
                         AS previous_errors,
                     array_agg(DISTINCT template_id) FILTER (WHERE current) AS signature,
+                    array_agg(DISTINCT template_text) FILTER (WHERE current) AS templates,
                     array_agg(row) FILTER (WHERE current) AS rows,
                     MIN(ts_ms) FILTER (WHERE current) AS first_error_ms,
                     MAX(window_end_ms) AS window_end_ms
@@ -262,6 +266,7 @@ FROM (
                         HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
                         cluster_of(message) AS cluster_id,
                         template_id,
+                        template(message) AS template_text,
                         request_row(route, method, upstream, dimensions, sample_rate) AS row,
                         ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
                             - INTERVAL '10 seconds' AS current,

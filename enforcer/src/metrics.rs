@@ -22,6 +22,9 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `enforcer_shadow_rejections_total{cluster_id}`: would-have-rejected in shadow mode.
     pub shadow_rejections: IntCounterVec,
+    /// `enforcer_shadow_outcomes_total{cluster_id,outcome}`: what became of the requests a
+    /// shadow policy would have rejected (`succeeded` or `failed` upstream).
+    pub shadow_outcomes: IntCounterVec,
     /// `enforcer_event_queue_depth`: records waiting for the sink.
     pub queue_depth: IntGauge,
     /// `enforcer_events_enqueued_total{kind}`.
@@ -77,6 +80,13 @@ impl Metrics {
                 ),
                 &["cluster_id"],
             )?,
+            shadow_outcomes: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_shadow_outcomes_total",
+                    "Requests a shadow policy would have rejected, by what the upstream answered.",
+                ),
+                &["cluster_id", "outcome"],
+            )?,
             queue_depth: IntGauge::new(
                 "enforcer_event_queue_depth",
                 "Records waiting for the event sink.",
@@ -120,6 +130,7 @@ impl Metrics {
         registry.register(Box::new(m.rate_limit_hits.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.shadow_rejections.clone()))?;
+        registry.register(Box::new(m.shadow_outcomes.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.events_enqueued.clone()))?;
         registry.register(Box::new(m.events_dropped.clone()))?;

@@ -388,6 +388,7 @@ impl Proxy {
             dimensions: &ctx.dimensions,
         };
         let policies = self.policies.load();
+        let mut shadowed = None;
         let matched = match policies.judge(&view, now_ms, ctx.wall_ms) {
             Verdict::Reject {
                 policy,
@@ -406,6 +407,7 @@ impl Proxy {
                         .shadow_rejections
                         .with_label_values(&[&p.policy.cluster_id])
                         .inc();
+                    shadowed = Some(p);
                 }
                 matched
             }
@@ -439,6 +441,13 @@ impl Proxy {
                 },
                 latency_ms,
             );
+        }
+        if let Some(p) = shadowed {
+            let outcome = if is_error { "failed" } else { "succeeded" };
+            self.metrics
+                .shadow_outcomes
+                .with_label_values(&[&p.policy.cluster_id, outcome])
+                .inc();
         }
         let cluster = matched.first().map_or("", |p| p.policy.cluster_id.as_str());
         self.observe(&ctx, exchange.status, cluster, is_error, false);

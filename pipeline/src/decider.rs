@@ -506,6 +506,8 @@ pub struct DecisionView {
     pub growth: f64,
     /// Template ids seen.
     pub signature: BTreeSet<u64>,
+    /// Masked template texts (examples).
+    pub templates: Vec<String>,
     /// The learned slice.
     pub slice: Option<schemas::Slice>,
     /// Estimated requests in the slice.
@@ -542,6 +544,7 @@ impl Decider {
                     errors: d.errors,
                     growth: d.growth,
                     signature: d.signature.clone(),
+                    templates: d.templates.clone(),
                     slice: d.slice.clone(),
                     slice_traffic: d.slice_traffic,
                     slice_error_rate: d.slice_error_rate,
@@ -591,6 +594,7 @@ mod tests {
             previous_errors: 0,
             growth: 1.0,
             signature: [7].into(),
+            templates: vec!["alipay refused <NUM>".into()],
             slice: Some(slice()),
             slice_traffic: 300.0,
             slice_error_rate: if holding { 1.0 } else { 0.0 },

@@ -5,7 +5,8 @@
 //! (0), `holding` (same as "decision is not none"), `slice` (JSON; none → no policy can be
 //! made), `signature` (list of template ids), `slice_traffic`, `slice_error_rate`, `growth`,
 //! `previous_errors`, `coverage`, `rate_limit_rps`, `break_open_ms` (5000), `break_ramp_step`
-//! (0.2), `break_probes` (5), `break_failure_ratio` (0.5), `expires_in_ms` (300000). A row that
+//! (0.2), `break_probes` (5), `break_failure_ratio` (0.5), `expires_in_ms` (300000),
+//! `templates` (list of masked template texts, the first [`MAX_TEMPLATES`] kept). A row that
 //! cannot be read is reported with the reason; the others go on.
 
 use std::collections::BTreeSet;
@@ -16,6 +17,9 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type}
 use schemas::{Action, Ratio, Slice};
 
 use crate::engine::SinkOutput;
+
+/// Template texts kept per decision.
+pub const MAX_TEMPLATES: usize = 10;
 
 /// The sink the job reads decisions from.
 pub const SINK: &str = "cluster_decisions";
@@ -35,6 +39,8 @@ pub struct Decision {
     pub growth: f64,
     /// Template ids the enforcer reported for the cluster.
     pub signature: BTreeSet<u64>,
+    /// Masked template texts of the cluster's errors (examples for operators).
+    pub templates: Vec<String>,
     /// The learned slice, when there were errors to learn from.
     pub slice: Option<Slice>,
     /// Estimated requests inside the slice over the window.
@@ -98,6 +104,7 @@ struct Columns {
     holding: Option<ArrayRef>,
     slice: Option<ArrayRef>,
     signature: Option<ArrayRef>,
+    templates: Option<ArrayRef>,
     previous_errors: Option<ArrayRef>,
     growth: Option<ArrayRef>,
     slice_traffic: Option<ArrayRef>,
@@ -140,6 +147,7 @@ impl Columns {
             holding: column(b, "holding", t)?,
             slice: column(b, "slice", s)?,
             signature: b.column_by_name("signature").cloned(),
+            templates: b.column_by_name("templates").cloned(),
             previous_errors: column(b, "previous_errors", i)?,
             growth: column(b, "growth", f)?,
             slice_traffic: column(b, "slice_traffic", f)?,
@@ -213,6 +221,11 @@ impl Columns {
                 .as_ref()
                 .map(|c| template_ids(c, row))
                 .unwrap_or_default(),
+            templates: self
+                .templates
+                .as_ref()
+                .map(|c| texts(c, row))
+                .unwrap_or_default(),
             slice,
             slice_traffic: opt_f64(&self.slice_traffic, row).unwrap_or(0.0),
             slice_error_rate: opt_f64(&self.slice_error_rate, row).unwrap_or(0.0),
@@ -263,4 +276,25 @@ fn template_ids(c: &ArrayRef, row: usize) -> BTreeSet<u64> {
         .iter()
         .flatten()
         .collect()
+}
+
+/// A list of texts, at most [`MAX_TEMPLATES`], or nothing.
+fn texts(c: &ArrayRef, row: usize) -> Vec<String> {
+    let values = match c.data_type() {
+        DataType::List(_) if !c.is_null(row) => c.as_list::<i32>().value(row),
+        DataType::LargeList(_) if !c.is_null(row) => c.as_list::<i64>().value(row),
+        _ => return Vec::new(),
+    };
+    let Ok(values) = cast(&values, &DataType::Utf8) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = values
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.truncate(MAX_TEMPLATES);
+    out
 }

@@ -1,8 +1,10 @@
 //! The streaming job: sources, windowed SQL with the UDFs, the policy applier, sinks, API.
 
+pub mod api;
 pub mod applier;
 pub mod decider;
 pub mod decision;
+pub mod embedded;
 pub mod engine;
 pub mod io;
 pub mod job;

@@ -1,12 +1,17 @@
-//! `pipeline`: the offline commands over files.
+//! `pipeline`: the live job and the offline commands over files.
 //!
+//! - `pipeline demo` — the embedded default: the demo upstream, the enforcer in front of it,
+//!   the windowed SQL job over its events and the operator API, in one process.
+//! - `pipeline run --config enforcer.yaml` — the same without the demo upstream.
 //! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
 //!   the labelled corpus.
 
+mod live;
 mod offline;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,8 +45,44 @@ pub enum Level {
     Cluster,
 }
 
+/// What the live commands share.
+#[derive(Debug, clap::Args)]
+struct LiveArgs {
+    /// The enforcer's YAML config (events and policies must be `embedded`).
+    #[arg(long, default_value = "deploy/enforcer.demo.yaml")]
+    config: PathBuf,
+    /// The job's SQL files, in order.
+    #[arg(long = "sql", default_value = "sql/incident.sql")]
+    sql: Vec<PathBuf>,
+    /// Where the operator API listens.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    api_listen: SocketAddr,
+    /// Bearer token for the operator API; a random one is generated and printed when unset.
+    #[arg(long, env = "PIPELINE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Issue every policy in shadow mode (count what would be rejected; reject nothing).
+    #[arg(long)]
+    shadow: bool,
+    /// Embedder for new templates in `cluster_of` (e5: the built-in multilingual model).
+    #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
+    embedder: EmbedderChoice,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The embedded default: demo upstream + enforcer + job + operator API in one process.
+    Demo {
+        #[command(flatten)]
+        live: LiveArgs,
+        /// Where the demo upstream listens (the example config routes to 127.0.0.1:18081).
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        upstream: SocketAddr,
+    },
+    /// The enforcer and the job in one process, in front of your own upstreams.
+    Run {
+        #[command(flatten)]
+        live: LiveArgs,
+    },
     /// Mine templates (and clusters) for one message per line, or a CSV column.
     Cluster {
         /// Input file: one message per line, or CSV with --csv-column.
@@ -85,6 +126,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo { live, upstream } => live::run(live, Some(upstream)),
+        Command::Run { live } => live::run(live, None),
         Command::Cluster {
             input,
             csv_column,

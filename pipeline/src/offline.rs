@@ -27,7 +27,7 @@ pub struct ClusterArgs {
     pub quiet: bool,
 }
 
-fn embedder(choice: EmbedderChoice) -> anyhow::Result<Arc<dyn TextEmbedder>> {
+pub(crate) fn embedder(choice: EmbedderChoice) -> anyhow::Result<Arc<dyn TextEmbedder>> {
     match choice {
         EmbedderChoice::Ngram => Ok(Arc::new(NgramEmbedder::new(384))),
         EmbedderChoice::E5 => e5_embedder(),

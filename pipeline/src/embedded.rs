@@ -1,0 +1,95 @@
+//! The embedded default: enforcer, job and operator API in one process, joined by the
+//! enforcer's bounded event channel and its policy store — no services to install.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use enforcer::config::{Config, PolicySourceKind, SinkKind};
+use enforcer::policy::PolicyStore;
+use enforcer::server::Gateway;
+use prometheus::Registry;
+use schemas::PolicySnapshot;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::io::{ChannelSource, IoError, PolicyPublisher};
+use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
+
+/// Publishes straight into an in-process enforcer's policy store.
+#[derive(Debug, Clone)]
+pub struct StorePublisher(pub Arc<PolicyStore>);
+
+impl PolicyPublisher for StorePublisher {
+    async fn publish(&mut self, snapshot: &PolicySnapshot) -> Result<(), IoError> {
+        let now = u64::try_from(crate::job::wall_ms()).unwrap_or(0);
+        self.0
+            .apply(snapshot, now)
+            .map(|_| ())
+            .map_err(|e| IoError(e.to_string()))
+    }
+}
+
+/// The running embedded default.
+#[derive(Debug)]
+pub struct Embedded {
+    /// The enforcer.
+    pub gateway: Gateway,
+    /// Where the operator API listens.
+    pub api_addr: SocketAddr,
+    /// The job's decider (clusters, policies).
+    pub decider: SharedDecider,
+    /// Operator commands.
+    pub commands: tokio::sync::mpsc::Sender<CommandRequest>,
+}
+
+/// Starts the enforcer with `config`, the job over its events, and the API on `api_listen`
+/// with `api_token`. The enforcer must use the embedded event sink and policy source.
+pub async fn start(
+    config: Config,
+    job: JobConfig,
+    api_listen: SocketAddr,
+    api_token: String,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Embedded> {
+    anyhow::ensure!(
+        config.events.sink == SinkKind::Embedded,
+        "events.sink must be embedded for the in-process pipeline"
+    );
+    anyhow::ensure!(
+        config.policies.source == PolicySourceKind::Embedded,
+        "policies.source must be embedded for the in-process pipeline"
+    );
+    anyhow::ensure!(!api_token.is_empty(), "the API token is empty");
+    let job = Job::load(job, registry).await.context("loading the job")?;
+    let api_listener = TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("operator API on {api_listen}"))?;
+    let api_addr = api_listener.local_addr()?;
+    let mut gateway = Gateway::start(config, registry, shutdown.clone()).await?;
+    let events = gateway
+        .take_events()
+        .context("the enforcer's event channel was already taken")?;
+    let decider = job.decider();
+    let commands = job.commands();
+    let publisher = StorePublisher(Arc::clone(&gateway.policies));
+    tokio::spawn(job.run(ChannelSource(events), publisher, shutdown.clone()));
+    tokio::spawn(api::serve(
+        api_listener,
+        ApiState {
+            decider: Arc::clone(&decider),
+            commands: commands.clone(),
+            token: api_token,
+            registry: Some(registry.clone()),
+        },
+        shutdown,
+    ));
+    Ok(Embedded {
+        gateway,
+        api_addr,
+        decider,
+        commands,
+    })
+}

@@ -1,0 +1,110 @@
+//! `pipeline demo` and `pipeline run`: the embedded default as a command.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use enforcer::config::Config;
+use pipeline::embedded;
+use pipeline::job::JobConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::LiveArgs;
+
+/// Runs until Ctrl-C / SIGTERM; with `upstream`, the demo upstream too.
+pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
+    // A bad config exits before anything starts, naming the field.
+    let config = Config::load(&args.config).with_context(|| args.config.display().to_string())?;
+    // New templates are embedded by the process-wide clusterer the SQL's cluster_of uses.
+    udfs::sql::install_embedder(crate::offline::embedder(args.embedder)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        init_logs();
+        let shutdown = CancellationToken::new();
+        if let Some(addr) = upstream {
+            let up = enforcer::demo::start(addr, Default::default(), shutdown.child_token())
+                .await
+                .with_context(|| format!("demo upstream on {addr}"))?;
+            eprintln!("demo upstream on http://{up}");
+        }
+        let (token, generated) = match args.api_token {
+            Some(t) if !t.is_empty() => (t, false),
+            _ => (random_token()?, true),
+        };
+        let mut job = JobConfig::new(args.sql);
+        job.global_shadow = args.shadow;
+        let registry = prometheus::Registry::new();
+        let e = embedded::start(
+            config,
+            job,
+            args.api_listen,
+            token.clone(),
+            &registry,
+            shutdown.clone(),
+        )
+        .await?;
+        let proxy = e.gateway.proxy_addr;
+        eprintln!(
+            "enforcer on http://{proxy} (admin http://{admin}: /health /ready /metrics /policies)\n\
+             operator API on http://{api}/api/v1 (Authorization: Bearer {shown})",
+            admin = e.gateway.admin_addr,
+            api = e.api_addr,
+            shown = if generated {
+                token.as_str()
+            } else {
+                "<PIPELINE_API_TOKEN>"
+            },
+        );
+        if let Some(up) = upstream {
+            eprintln!(
+                "try:   curl -s -XPOST {proxy}/pay -d '{{\"channel\":\"alipay\"}}'\n\
+                 fail one channel:   curl -s -XPUT {up}/faults/alipay -d '{{\"mode\":\"error\"}}'\n\
+                 then, under load:   curl -s -H 'Authorization: Bearer ...' {api}/api/v1/policies",
+                api = e.api_addr
+            );
+        }
+        tokio::spawn(shutdown_on_signal(shutdown));
+        e.gateway.wait().await;
+        Ok(())
+    })
+}
+
+fn init_logs() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        } else {
+            let _ = ctrl_c.await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}
