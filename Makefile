@@ -5,8 +5,8 @@ export CARGO_TARGET_DIR
 .PHONY: help run test lint deps-check fmt bench bench-overhead services-up services-down
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
-run: ## the embedded default: demo upstream + enforcer in one process, no services (Ctrl-C stops)
-	cargo run --release -p enforcer -- demo --config deploy/enforcer.demo.yaml
+run: ## the embedded default: demo upstream + enforcer + SQL job + operator API in one process, no services (Ctrl-C stops)
+	cargo run --release -p pipeline -- demo --config deploy/enforcer.demo.yaml --sql sql/incident.sql
 test: ## run every test (what .ci/run calls)
 	cargo test --workspace --all-targets
 lint: deps-check ## formatting, clippy (warnings are errors) and the enforcer's dependency rule

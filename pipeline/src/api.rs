@@ -48,7 +48,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/policies/{id}/mode", put(mode))
         .route("/api/v1/shadow", put(shadow))
         .route("/api/v1/shadow/report", get(shadow_report))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Only matched routes ask for the token: an unknown path is a plain 404.
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 

@@ -50,6 +50,10 @@ routes:
 }
 
 async fn start(sql: std::path::PathBuf) -> (Embedded, SocketAddr, CancellationToken) {
+    start_with(JobConfig::new(vec![sql])).await
+}
+
+async fn start_with(job: JobConfig) -> (Embedded, SocketAddr, CancellationToken) {
     let shutdown = CancellationToken::new();
     let upstream = enforcer::demo::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -60,7 +64,7 @@ async fn start(sql: std::path::PathBuf) -> (Embedded, SocketAddr, CancellationTo
     .unwrap();
     let e = embedded::start(
         config(upstream),
-        JobConfig::new(vec![sql]),
+        job,
         "127.0.0.1:0".parse().unwrap(),
         TOKEN.into(),
         &prometheus::Registry::new(),
@@ -356,5 +360,71 @@ async fn a_stricter_trigger_in_the_sql_leaves_the_same_fault_alone() {
         .filter(|a| a.channel == "alipay" && a.code.is_some_and(|c| c != 0))
         .count();
     assert!(failed > 300, "alipay kept failing unprotected: {failed}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_global_shadow_mode_nothing_is_rejected_and_the_report_counts_what_would_have_been() {
+    let mut job = JobConfig::new(vec![sql_path()]);
+    job.global_shadow = true;
+    let (e, upstream, shutdown) = start_with(job).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let log: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(
+        client.clone(),
+        e.gateway.proxy_addr,
+        40,
+        Instant::now(),
+        Arc::clone(&stop),
+        Arc::clone(&log),
+    );
+    set_fault(&client, upstream, "error").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, p) = api(&client, e.api_addr, "GET", "/api/v1/policies", TOKEN, "").await;
+        if let Some(first) = p["policies"].as_array().and_then(|a| a.first()) {
+            assert_eq!(first["shadow"], true, "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no shadow policy: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        log.lock().unwrap().iter().all(|a| a.policy.is_none()),
+        "shadow mode rejected a request"
+    );
+    let (status, report) = api(
+        &client,
+        e.api_addr,
+        "GET",
+        "/api/v1/shadow/report",
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let lines = report.as_object().unwrap();
+    let would: u64 = lines
+        .values()
+        .map(|l| l["would_reject"].as_u64().unwrap())
+        .sum();
+    let failed: u64 = lines.values().map(|l| l["failed"].as_u64().unwrap()).sum();
+    let succeeded: u64 = lines
+        .values()
+        .map(|l| l["succeeded"].as_u64().unwrap())
+        .sum();
+    assert!(would > 20, "{report}");
+    assert_eq!(would, failed + succeeded, "{report}");
+    assert_eq!(
+        succeeded, 0,
+        "alipay kept failing: none would have succeeded: {report}"
+    );
     shutdown.cancel();
 }
