@@ -275,6 +275,28 @@ impl Decider {
         step
     }
 
+    /// Forgets clusters idle in MONITORING, without a policy, whose last window ended more
+    /// than `idle_ms` ago (noise that came and went), so memory and metric labels stay
+    /// bounded. Benign marks are kept. Returns the forgotten ids.
+    pub fn prune(&mut self, now_ms: i64, idle_ms: i64) -> Vec<String> {
+        let stale: Vec<String> = self
+            .clusters
+            .iter()
+            .filter(|(_, t)| {
+                t.policy.is_none()
+                    && t.lifecycle.phase() == Phase::Monitoring
+                    && t.last
+                        .as_ref()
+                        .is_none_or(|d| now_ms - d.window_end_ms > idle_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            self.clusters.remove(id);
+        }
+        stale
+    }
+
     /// Drops lapsed policies (their clusters' lifecycles record EXPIRED).
     pub fn expire(&mut self, now_ms: i64) -> Step {
         self.apply(Vec::new(), &[], now_ms)
@@ -660,6 +682,24 @@ mod tests {
         assert_eq!(phase(&d), "MONITORING");
         assert_eq!(d.stats().issued, 1);
         assert_eq!(d.stats().withdrawn, 1);
+    }
+
+    #[test]
+    fn idle_clusters_are_forgotten_but_not_while_they_hold_a_policy() {
+        let mut d = decider();
+        window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        let mut noise = decision(2, 3, None, false);
+        noise.cluster_id = "c2".into();
+        window(&mut d, vec![noise], 2);
+        for t in 3..6 {
+            window(&mut d, vec![decision(t, 60, None, true)], t);
+        }
+        assert!(
+            d.prune(700 * S, 800_000).is_empty(),
+            "c2 seen 698 s ago: kept"
+        );
+        assert_eq!(d.prune(700 * S, 60_000), vec!["c2".to_string()]);
+        assert!(d.clusters().contains_key("c1"), "c1 holds a policy");
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl Job {
                         self.metrics.errors.with_label_values(&["engine"]).inc();
                         tracing::error!(error = %e, "window evaluation failed");
                     }
+                    self.prune();
                     let mut step = lock(&self.decider).expire(wall_ms());
                     if step.snapshot.is_none() {
                         // Retry a snapshot the publisher refused, unless a newer one replaced it.
@@ -303,6 +304,17 @@ impl Job {
                 self.metrics.errors.with_label_values(&["source"]).inc();
                 tracing::warn!(error = %e, "source commit failed; records may be redelivered");
             }
+        }
+    }
+
+    /// Forgets clusters idle for 10 minutes, and their metric labels.
+    fn prune(&mut self) {
+        let gone = lock(&self.decider).prune(wall_ms(), 600_000);
+        for id in gone {
+            for p in PHASES {
+                let _ = self.metrics.phase.remove_label_values(&[id.as_str(), p]);
+            }
+            let _ = self.metrics.severity.remove_label_values(&[id.as_str()]);
         }
     }
 
