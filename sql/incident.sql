@@ -32,7 +32,7 @@ CREATE TABLE error_events (
     template_id BIGINT UNSIGNED NOT NULL,
     dimensions TEXT NOT NULL,
     sample_rate DOUBLE NOT NULL,
-    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH (
     connector = 'kafka',
     type = 'source',
@@ -48,7 +48,7 @@ CREATE TABLE route_counts (
     requests BIGINT NOT NULL,
     errors BIGINT NOT NULL,
     rejected BIGINT NOT NULL,
-    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH (
     connector = 'kafka',
     type = 'source',
@@ -68,7 +68,7 @@ CREATE TABLE traffic_samples (
     rejected BOOLEAN NOT NULL,
     dimensions TEXT NOT NULL,
     sample_rate DOUBLE NOT NULL,
-    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH (
     connector = 'kafka',
     type = 'source',

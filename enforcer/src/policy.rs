@@ -420,7 +420,9 @@ impl PolicyStore {
         self.synced.load(Ordering::Relaxed)
     }
 
-    /// Applies a validated snapshot unless it is older than the current one.
+    /// Applies a validated snapshot unless it is older than the current one. `now_ms` is the
+    /// enforcer's [`Clock::monotonic_ms`](crate::clock::Clock::monotonic_ms) (new breakers
+    /// open until `now_ms + open_ms` on that clock), not wall time.
     pub fn apply(&self, snapshot: &PolicySnapshot, now_ms: u64) -> Result<u64, ApplyError> {
         let current = self.current.load();
         if snapshot.version() < current.version() {

@@ -53,6 +53,9 @@ pub struct Gateway {
     pub events: Option<mpsc::Receiver<GatewayRecord>>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The clock breakers and buckets run on: pass its `monotonic_ms()` to
+    /// [`PolicyStore::apply`].
+    pub clock: Clock,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     telemetry: Option<Arc<Telemetry>>,
@@ -170,6 +173,7 @@ impl Gateway {
             policies,
             events,
             metrics,
+            clock,
             tasks,
             shutdown,
             telemetry,
@@ -266,7 +270,11 @@ async fn ticker(
     clock: Clock,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    // Tick just after each wall-clock second ends, so the counts of second S leave at about
+    // S + 1.02 s: well inside the pipeline's 1 s watermark lateness.
+    let past_second = u64::try_from(clock.wall_ms().rem_euclid(1000)).unwrap_or(0);
+    let first = tokio::time::Instant::now() + Duration::from_millis(1000 - past_second + 20);
+    let mut interval = tokio::time::interval_at(first, Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -69,6 +69,8 @@ pub struct DeciderStats {
     pub renewed: u64,
     /// Policies withdrawn after recovery.
     pub withdrawn: u64,
+    /// Circuit-break policies left armed (breaker closed) after recovery, until they lapse.
+    pub left_armed: u64,
     /// Policies that lapsed without renewal.
     pub expired: u64,
     /// Decisions or policies refused (bad slice, bad parameters).
@@ -222,12 +224,9 @@ impl Decider {
                     }
                 }
                 PolicyChange::Withdraw => {
-                    if mode == Some(Mode::Pin) {
-                        continue;
+                    if mode != Some(Mode::Pin) {
+                        self.recovered(&d.cluster_id, &mut withdrawals);
                     }
-                    self.tracked_mut(&d.cluster_id).policy = None;
-                    self.stats.withdrawn += 1;
-                    withdrawals.push(id);
                 }
                 PolicyChange::Keep => {}
             }
@@ -255,11 +254,7 @@ impl Decider {
                     severity: 0.0,
                 });
                 match change {
-                    PolicyChange::Withdraw if !pinned => {
-                        tracked.policy = None;
-                        self.stats.withdrawn += 1;
-                        withdrawals.push(id);
-                    }
+                    PolicyChange::Withdraw if !pinned => self.recovered(&c, &mut withdrawals),
                     PolicyChange::Renew => {
                         if let Some(p) = tracked.policy.as_ref().map(|p| extend(p, now_ms)) {
                             tracked.policy = Some(p.clone());
@@ -385,6 +380,24 @@ impl Decider {
         policy.shadow = policy.shadow || self.shadow_for(self.modes.get(&policy.id).copied());
         self.forced.insert(policy.id.clone());
         self.apply(vec![policy], &[], now_ms)
+    }
+
+    /// The cluster recovered. A rate limit or degrade policy is withdrawn: it would keep
+    /// holding back a healthy slice. A circuit-break policy stays armed until it lapses: its
+    /// local breaker has closed (the slice is fully let back in, at no cost), and it re-opens
+    /// on its own within a few requests if the same failure returns — no pipeline round trip.
+    fn recovered(&mut self, cluster_id: &str, withdrawals: &mut Vec<String>) {
+        let tracked = self.tracked_mut(cluster_id);
+        let Some(policy) = &tracked.policy else {
+            return;
+        };
+        if matches!(policy.action, Action::CircuitBreak { .. }) {
+            self.stats.left_armed += 1;
+            return;
+        }
+        withdrawals.push(policy.id.clone());
+        tracked.policy = None;
+        self.stats.withdrawn += 1;
     }
 
     fn tracked_mut(&mut self, cluster_id: &str) -> &mut Tracked {
@@ -655,12 +668,19 @@ mod tests {
         d.clusters()["c1"].lifecycle.phase().as_str()
     }
 
+    fn limit() -> Option<Action> {
+        Some(Action::RateLimit {
+            requests_per_second: 10.0,
+            burst: 10,
+        })
+    }
+
     #[test]
     fn issues_renews_and_withdraws_after_the_dwell() {
         let mut d = decider();
         assert!(window(&mut d, vec![decision(1, 30, None, true)], 1).is_none());
         assert_eq!(phase(&d), "EVALUATING");
-        let s = window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        let s = window(&mut d, vec![decision(2, 60, limit(), true)], 2).unwrap();
         assert_eq!(s.policies().len(), 1);
         assert_eq!(s.policies()[0].id, "policy-c1");
         assert_eq!(s.policies()[0].signature, [7].into());
@@ -682,6 +702,24 @@ mod tests {
         assert_eq!(phase(&d), "MONITORING");
         assert_eq!(d.stats().issued, 1);
         assert_eq!(d.stats().withdrawn, 1);
+    }
+
+    #[test]
+    fn a_recovered_breaker_stays_armed_until_it_lapses() {
+        let mut d = decider();
+        let mut first = decision(2, 60, brk(), true);
+        first.expires_in_ms = 60_000;
+        window(&mut d, vec![first], 2).unwrap();
+        for t in 3..40 {
+            assert!(window(&mut d, vec![], t).is_none(), "changed at {t}");
+        }
+        assert_eq!(phase(&d), "MONITORING");
+        assert_eq!(d.policies().len(), 1, "armed, its local breaker closed");
+        assert_eq!(d.stats().left_armed, 1);
+        let s = d.expire(62 * S).snapshot.unwrap();
+        assert!(s.policies().is_empty());
+        assert_eq!(phase(&d), "MONITORING", "the incident had already ended");
+        assert!(d.clusters()["c1"].policy.is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use enforcer::clock::Clock;
 use enforcer::config::{Config, PolicySourceKind, SinkKind};
 use enforcer::policy::PolicyStore;
 use enforcer::server::Gateway;
@@ -19,13 +20,17 @@ use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 
 /// Publishes straight into an in-process enforcer's policy store.
 #[derive(Debug, Clone)]
-pub struct StorePublisher(pub Arc<PolicyStore>);
+pub struct StorePublisher {
+    /// The store.
+    pub store: Arc<PolicyStore>,
+    /// The enforcer's clock (new breakers open relative to its monotonic time).
+    pub clock: Clock,
+}
 
 impl PolicyPublisher for StorePublisher {
     async fn publish(&mut self, snapshot: &PolicySnapshot) -> Result<(), IoError> {
-        let now = u64::try_from(crate::job::wall_ms()).unwrap_or(0);
-        self.0
-            .apply(snapshot, now)
+        self.store
+            .apply(snapshot, self.clock.monotonic_ms())
             .map(|_| ())
             .map_err(|e| IoError(e.to_string()))
     }
@@ -74,7 +79,10 @@ pub async fn start(
         .context("the enforcer's event channel was already taken")?;
     let decider = job.decider();
     let commands = job.commands();
-    let publisher = StorePublisher(Arc::clone(&gateway.policies));
+    let publisher = StorePublisher {
+        store: Arc::clone(&gateway.policies),
+        clock: gateway.clock,
+    };
     tokio::spawn(job.run(ChannelSource(events), publisher, shutdown.clone()));
     tokio::spawn(api::serve(
         api_listener,

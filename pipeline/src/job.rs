@@ -35,8 +35,8 @@ pub struct JobConfig {
     pub lifecycle: LifecycleConfig,
     /// Issue every policy in shadow mode.
     pub global_shadow: bool,
-    /// When no records arrive the watermark moves to wall time minus this, ms (default 3000:
-    /// the SQL's 2 s lateness plus delivery slack).
+    /// When no records arrive the watermark moves to wall time minus this, ms (default 2000:
+    /// the SQL's 1 s lateness plus delivery slack).
     pub idle_lag_ms: i64,
     /// How often the wall clock is checked, and expiries applied.
     pub tick: Duration,
@@ -51,7 +51,7 @@ impl JobConfig {
             sql_files,
             lifecycle: LifecycleConfig::default(),
             global_shadow: false,
-            idle_lag_ms: 3_000,
+            idle_lag_ms: 2_000,
             tick: Duration::from_millis(250),
             max_batch: 4_096,
         }
@@ -87,7 +87,8 @@ pub type CommandRequest = (Command, oneshot::Sender<Result<u64, String>>);
 /// The job's metrics.
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
-    /// `pipeline_policy_changes_total{change}`: issued, escalated, renewed, withdrawn, expired, refused.
+    /// `pipeline_policy_changes_total{change}`: issued, escalated, renewed, withdrawn,
+    /// left_armed, expired, refused.
     pub changes: IntCounterVec,
     /// `pipeline_snapshots_published_total{result}`: ok, error.
     pub published: IntCounterVec,
@@ -405,6 +406,7 @@ impl Job {
             ("escalated", s.escalated),
             ("renewed", s.renewed),
             ("withdrawn", s.withdrawn),
+            ("left_armed", s.left_armed),
             ("expired", s.expired),
             ("refused", s.refused),
         ] {

@@ -625,7 +625,7 @@ async fn run_incident(
     for (s, recs) in seconds.iter().enumerate() {
         engine.push_records(recs).await.unwrap();
         if s == 12 {
-            // Watermark 12.999 s - 2 s: the first 10 s window is out, the second is not.
+            // Watermark 12.999 s - 1 s: the first 10 s window is out, the second is not.
             // (cluster_decisions slides by 1 s and has closed many windows by now.)
             emitted_before_end = out
                 .lock()
