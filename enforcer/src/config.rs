@@ -77,6 +77,10 @@ pub struct Config {
     /// How long in-flight requests may take to finish on shutdown, ms. Default 10000.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Proxy worker threads, each with its own single-threaded runtime, listener socket
+    /// (`SO_REUSEPORT`) and upstream connection pool. Default: one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// One route: which requests it takes, where they go, and how they are judged.
@@ -487,6 +491,15 @@ fn default_admin_listen() -> SocketAddr {
 fn default_service_name() -> String {
     "gateway".to_owned()
 }
+impl Config {
+    /// Proxy worker threads: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
@@ -569,6 +582,14 @@ impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.telemetry.validate()?;
+        if let Some(n) = self.workers
+            && !(1..=1024).contains(&n)
+        {
+            return Err(invalid(
+                "workers",
+                format!("{n} must be between 1 and 1024"),
+            ));
+        }
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one route is required"));
         }
@@ -777,6 +798,10 @@ mod tests {
             (
                 "telemetry: {sample_ratio: 1.5}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
                 "telemetry.sample_ratio: must be between",
+            ),
+            (
+                "workers: 0\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "workers: 0 must be between 1 and 1024",
             ),
             (
                 "routes:\n  - name: api\n    upstreams: [\"http://127.0.0.1:9000\"]\n    timeout: 3\n",

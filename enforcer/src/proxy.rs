@@ -171,13 +171,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The proxy: shared by every connection.
 #[derive(Debug)]
 pub struct Proxy {
-    routes: Vec<RouteRuntime>,
+    routes: Arc<[RouteRuntime]>,
     policies: Arc<PolicyStore>,
     events: Arc<EventEmitter>,
     metrics: Metrics,
     client: Client<HttpConnector, ProxyBody>,
     clock: Clock,
     telemetry: Option<Arc<Telemetry>>,
+}
+
+/// A keep-alive client for upstream requests; its pooled connections run on the runtime
+/// that first uses them.
+fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 /// How the upstream exchange ended, before the response is built.
@@ -223,22 +235,30 @@ impl Proxy {
                 RouteRuntime::new(r, now).map_err(|e| format!("routes[{i}] ({}): {e}", r.name))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Ok(Self {
-            routes,
+            routes: routes.into(),
             policies,
             events,
             metrics,
-            client,
+            client: upstream_client(),
             clock,
             telemetry,
         })
+    }
+
+    /// A proxy for one more worker thread: the same routes (limiters, breakers, counters),
+    /// policies and event queue, with its own upstream connection pool, so the connections
+    /// a worker uses live on its own runtime.
+    pub fn worker(&self) -> Self {
+        Self {
+            routes: Arc::clone(&self.routes),
+            policies: Arc::clone(&self.policies),
+            events: Arc::clone(&self.events),
+            metrics: self.metrics.clone(),
+            client: upstream_client(),
+            clock: self.clock,
+            telemetry: self.telemetry.clone(),
+        }
     }
 
     /// The routes (for the counters flush).

@@ -1,10 +1,12 @@
 //! Wiring: listeners, the admin endpoints, background tasks, and one shutdown tree.
 //!
 //! [`Gateway::start`] binds both listeners (so `/ready` can say they are up), builds the
-//! proxy, and spawns the named tasks — proxy accept loop, admin accept loop, the once-a-second
-//! ticker (route counts, breaker gauges), and the file policy source when configured. Each
-//! task stops on the shared cancellation token; the proxy then drains in-flight requests for
-//! at most `shutdown_grace_ms`.
+//! proxy, and starts the proxy workers — one thread per core by default, each with its own
+//! single-threaded runtime, `SO_REUSEPORT` listener socket and upstream pool, as nginx runs a
+//! process per core, so a request is never handed between threads. On the caller's runtime
+//! it spawns the admin accept loop, the once-a-second ticker (route counts, breaker gauges),
+//! and the file policy source when configured. Everything stops on the shared cancellation
+//! token; the workers then drain in-flight requests for at most `shutdown_grace_ms`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,10 +23,11 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{Encoder, Registry, TextEncoder};
 use schemas::GatewayRecord;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::body::{ProxyBody, full};
 use crate::clock::Clock;
@@ -59,6 +62,7 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     telemetry: Option<Arc<Telemetry>>,
+    _workers: DropGuard,
 }
 
 impl Gateway {
@@ -90,29 +94,29 @@ impl Gateway {
             )
             .map_err(|e| anyhow::anyhow!(e))?,
         );
-        let proxy_listener = TcpListener::bind(config.listen)
-            .await
+        let workers = config.worker_count();
+        let proxy_sockets = reuseport_listeners(config.listen, workers)
             .with_context(|| format!("binding the proxy listener {}", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
-        let proxy_addr = proxy_listener.local_addr()?;
+        let proxy_addr = proxy_sockets[0].local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
         let mut tasks = JoinSet::new();
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        {
-            let proxy = Arc::clone(&proxy);
-            tasks.spawn(serve(
-                "proxy",
-                proxy_listener,
-                shutdown.child_token(),
-                grace,
-                move |req| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { proxy.handle(req).await }
-                },
-            ));
+        // Workers stop with the shutdown token, or when the gateway is dropped unawaited.
+        let workers_token = shutdown.child_token();
+        for (i, socket) in proxy_sockets.into_iter().enumerate() {
+            let done = spawn_worker(i, socket, proxy.worker(), workers_token.clone(), grace)
+                .context("starting a proxy worker thread")?;
+            tasks.spawn(async move {
+                match done.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(worker = i, error = %e, "proxy worker failed"),
+                    Err(_) => tracing::error!(worker = i, "proxy worker thread ended abruptly"),
+                }
+            });
         }
         {
             let admin = Arc::new(Admin {
@@ -166,7 +170,7 @@ impl Gateway {
                 None
             }
         };
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = config.routes.len(), "enforcer listening");
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = config.routes.len(), workers, "enforcer listening");
         Ok(Self {
             proxy_addr,
             admin_addr,
@@ -177,6 +181,7 @@ impl Gateway {
             tasks,
             shutdown,
             telemetry,
+            _workers: workers_token.drop_guard(),
         })
     }
 
@@ -214,6 +219,59 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
     }
+}
+
+/// `n` listening sockets on `addr` sharing its port through `SO_REUSEPORT`, so the kernel
+/// spreads connections across the worker threads (port 0: the first picks, the rest follow).
+fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener = std::net::TcpListener::from(socket);
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Runs one proxy worker on its own thread and single-threaded runtime: its listener's
+/// connections, their requests and its upstream pool never leave the thread. The receiver
+/// reports how the worker ended.
+fn spawn_worker(
+    index: usize,
+    socket: std::net::TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("proxy-worker-{index}"))
+        .spawn(move || {
+            let run = || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(socket)?;
+                    let proxy = Arc::new(proxy);
+                    serve("proxy", listener, shutdown, grace, move |req| {
+                        let proxy = Arc::clone(&proxy);
+                        async move { proxy.handle(req).await }
+                    })
+                    .await;
+                    Ok(())
+                })
+            };
+            let _ = done_tx.send(run());
+        })?;
+    Ok(done_rx)
 }
 
 async fn serve<F, Fut>(

@@ -537,6 +537,44 @@ async fn classic_route_breaker_and_limiter() {
     rt.stop().await;
 }
 
+/// Four workers, each with its own listener socket and runtime: 40 requests on 40 fresh
+/// connections spread over them, and still meet one route limiter (one bucket of 10).
+#[tokio::test]
+async fn workers_share_the_route_state() {
+    let up = upstream().await;
+    let extra = "    limits:\n      rate_limit: { requests_per_second: 0.5, burst: 10 }\n";
+    let yaml = format!(
+        "workers: 4\n{}",
+        config(&format!("\"http://{}\"", up.addr), extra)
+    );
+    let rt = start(&yaml).await;
+    let addr = rt.gw().proxy_addr;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        set.spawn(async move {
+            // A client of its own: a new connection, so the kernel picks a worker for it.
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let req = Request::get(format!("http://{addr}/ok"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        });
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    while let Some(status) = set.join_next().await {
+        match status.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // The burst, plus at most one token refilled while the requests ran.
+    assert!((10..=11).contains(&ok), "{ok} admitted, {limited} limited");
+    assert_eq!(ok + limited, 40);
+    rt.stop().await;
+}
+
 #[tokio::test]
 async fn admin_endpoints_and_unknown_routes() {
     let up = upstream().await;
