@@ -222,21 +222,26 @@ FROM (
         -- (x0.9 when steady, x1.0 at double the previous window or more).
         LEAST(1.0, slice_error_rate * (0.8 + 0.1 * LEAST(growth, 2.0))) AS severity
     FROM (
+        -- One failure's messages can vary more than the clustering threshold allows and land
+        -- in several clusters; clusters that learned the same slice are judged together, as
+        -- one failure of that slice: errors and in-slice error rates add up, signatures
+        -- join, and the cluster with the most errors names the group (and its policy).
         SELECT
-            e.window,
-            e.cluster_id,
-            e.errors,
-            e.previous_errors,
-            CAST(e.errors AS DOUBLE) / CAST(GREATEST(e.previous_errors, 1) AS DOUBLE) AS growth,
-            e.signature,
-            e.templates,
-            get_field(e.learned, 'slice') AS slice,
-            get_field(e.learned, 'traffic') AS slice_traffic,
-            get_field(e.learned, 'samples') AS slice_samples,
-            get_field(e.learned, 'coverage') AS coverage,
-            -- Errors per request in the slice since the cluster appeared: a failure that
-            -- started 2 s ago is judged on those 2 s, not diluted over the whole 10 s.
-            LEAST(1.0, get_field(e.learned, 'error_rate') / e.active_share) AS slice_error_rate
+            window,
+            array_element(array_agg(cluster_id ORDER BY errors DESC, cluster_id), 1)
+                AS cluster_id,
+            SUM(errors) AS errors,
+            SUM(previous_errors) AS previous_errors,
+            CAST(SUM(errors) AS DOUBLE) / CAST(GREATEST(SUM(previous_errors), 1) AS DOUBLE)
+                AS growth,
+            array_distinct(flatten(array_agg(signature))) AS signature,
+            array_distinct(flatten(array_agg(templates))) AS templates,
+            MAX(slice) AS slice,
+            MAX(slice_traffic) AS slice_traffic,
+            MAX(slice_samples) AS slice_samples,
+            SUM(coverage * CAST(errors AS DOUBLE)) / CAST(GREATEST(SUM(errors), 1) AS DOUBLE)
+                AS coverage,
+            LEAST(1.0, SUM(slice_error_rate)) AS slice_error_rate
         FROM (
             SELECT
                 e.window,
@@ -245,59 +250,77 @@ FROM (
                 e.previous_errors,
                 e.signature,
                 e.templates,
-                -- Share of the 10 s since the cluster's first error (at least 1 s).
-                LEAST(1.0, GREATEST(1000.0, CAST(e.window_end_ms - e.first_error_ms AS DOUBLE))
-                    / 10000.0) AS active_share,
-                learn_slice(e.rows, t.rows, c.rows) AS learned
+                get_field(e.learned, 'slice') AS slice,
+                get_field(e.learned, 'traffic') AS slice_traffic,
+                get_field(e.learned, 'samples') AS slice_samples,
+                get_field(e.learned, 'coverage') AS coverage,
+                -- Errors per request in the slice since the cluster appeared: a failure that
+                -- started 2 s ago is judged on those 2 s, not diluted over the whole 10 s.
+                LEAST(1.0, get_field(e.learned, 'error_rate') / e.active_share) AS slice_error_rate
             FROM (
                 SELECT
-                    window,
-                    cluster_id,
-                    CAST(ROUND(SUM(CASE WHEN current THEN w ELSE 0.0 END)) AS BIGINT) AS errors,
-                    CAST(ROUND(SUM(CASE WHEN current THEN 0.0 ELSE w END)) AS BIGINT)
-                        AS previous_errors,
-                    array_agg(DISTINCT template_id) FILTER (WHERE current) AS signature,
-                    array_agg(DISTINCT template_text) FILTER (WHERE current) AS templates,
-                    array_agg(row) FILTER (WHERE current) AS rows,
-                    MIN(ts_ms) FILTER (WHERE current) AS first_error_ms,
-                    MAX(window_end_ms) AS window_end_ms
+                    e.window,
+                    e.cluster_id,
+                    e.errors,
+                    e.previous_errors,
+                    e.signature,
+                    e.templates,
+                    -- Share of the 10 s since the cluster's first error (at least 1 s).
+                    LEAST(1.0, GREATEST(1000.0, CAST(e.window_end_ms - e.first_error_ms AS DOUBLE))
+                        / 10000.0) AS active_share,
+                    learn_slice(e.rows, t.rows, c.rows) AS learned
                 FROM (
                     SELECT
+                        window,
+                        cluster_id,
+                        CAST(ROUND(SUM(CASE WHEN current THEN w ELSE 0.0 END)) AS BIGINT) AS errors,
+                        CAST(ROUND(SUM(CASE WHEN current THEN 0.0 ELSE w END)) AS BIGINT)
+                            AS previous_errors,
+                        array_agg(DISTINCT template_id) FILTER (WHERE current) AS signature,
+                        array_agg(DISTINCT template_text) FILTER (WHERE current) AS templates,
+                        array_agg(row) FILTER (WHERE current) AS rows,
+                        MIN(ts_ms) FILTER (WHERE current) AS first_error_ms,
+                        MAX(window_end_ms) AS window_end_ms
+                    FROM (
+                        SELECT
+                            HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
+                            cluster_of(message) AS cluster_id,
+                            template_id,
+                            template(message) AS template_text,
+                            request_row(route, method, upstream, dimensions, sample_rate) AS row,
+                            ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
+                                - INTERVAL '10 seconds' AS current,
+                            CAST(ts AS BIGINT) AS ts_ms,
+                            CAST(get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
+                                AS BIGINT) AS window_end_ms,
+                            1.0 / sample_rate AS w
+                        FROM error_events
+                    ) x
+                    GROUP BY window, cluster_id
+                ) e
+                LEFT JOIN (
+                    SELECT
                         HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
-                        cluster_of(message) AS cluster_id,
-                        template_id,
-                        template(message) AS template_text,
-                        request_row(route, method, upstream, dimensions, sample_rate) AS row,
-                        ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
-                            - INTERVAL '10 seconds' AS current,
-                        CAST(ts AS BIGINT) AS ts_ms,
-                        CAST(get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
-                            AS BIGINT) AS window_end_ms,
-                        1.0 / sample_rate AS w
-                    FROM error_events
-                ) x
-                GROUP BY window, cluster_id
+                        array_agg(request_row(route, method, upstream, dimensions, sample_rate))
+                            AS rows
+                    FROM traffic_samples
+                    WHERE NOT rejected AND ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
+                        - INTERVAL '10 seconds'
+                    GROUP BY window
+                ) t ON e.window = t.window
+                LEFT JOIN (
+                    SELECT
+                        HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
+                        array_agg(concat(route, '=', CAST(requests - rejected AS TEXT))) AS rows
+                    FROM route_counts
+                    WHERE ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
+                        - INTERVAL '10 seconds'
+                    GROUP BY window
+                ) c ON e.window = c.window
             ) e
-            LEFT JOIN (
-                SELECT
-                    HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
-                    array_agg(request_row(route, method, upstream, dimensions, sample_rate))
-                        AS rows
-                FROM traffic_samples
-                WHERE NOT rejected AND ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
-                    - INTERVAL '10 seconds'
-                GROUP BY window
-            ) t ON e.window = t.window
-            LEFT JOIN (
-                SELECT
-                    HOP(INTERVAL '1 second', INTERVAL '20 seconds') AS window,
-                    array_agg(concat(route, '=', CAST(requests - rejected AS TEXT))) AS rows
-                FROM route_counts
-                WHERE ts >= get_field(HOP(INTERVAL '1 second', INTERVAL '20 seconds'), 'end')
-                    - INTERVAL '10 seconds'
-                GROUP BY window
-            ) c ON e.window = c.window
-        ) e
+        ) k
+        -- A cluster without a learnable slice stays on its own.
+        GROUP BY window, COALESCE(slice, cluster_id)
     ) s
 ) d
 WHERE errors > 0;

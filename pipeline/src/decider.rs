@@ -9,7 +9,7 @@
 //!   allows it; a later, clearly worse one escalates it; while `holding` stays true the policy
 //!   is renewed before it lapses and its signature grows with the templates the enforcer
 //!   reports in the slice; once the cluster is quiet for the lifecycle's recovery windows the
-//!   policy is withdrawn (never sooner than the minimum dwell after the last change).
+//!   policy is withdrawn (never sooner than the lifecycle's dwell after the last change).
 //! - A cluster with no row in a closed window is quiet (no errors reached the upstream).
 //! - Operator controls: a benign cluster is never acted on; a policy can be forced into
 //!   shadow or enforce mode, pinned (kept and renewed whatever the windows say) or disabled
@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use schemas::{Action, Policy, PolicySnapshot, Ratio};
+use schemas::{Action, Policy, PolicySnapshot, Ratio, Slice};
 use serde::{Deserialize, Serialize};
 
 use crate::applier::PolicyApplier;
@@ -161,7 +161,20 @@ impl Decider {
         let mut withdrawals = Vec::new();
         let mut refused = Vec::new();
         let mut seen_at_latest = BTreeSet::new();
-        for d in decisions {
+        // The SQL names a group of clusters that learned one slice after its busiest member,
+        // which can change from one window to the next. A slice that already has a policy
+        // stays with the cluster holding it, so the policy (and its breaker) is not replaced.
+        let holders: Vec<(Slice, String)> = self
+            .clusters
+            .iter()
+            .filter_map(|(id, t)| t.policy.as_ref().map(|p| (p.slice.clone(), id.clone())))
+            .collect();
+        for mut d in decisions {
+            if let Some(slice) = &d.slice
+                && let Some((_, holder)) = holders.iter().find(|(s, _)| s == slice)
+            {
+                d.cluster_id.clone_from(holder);
+            }
             if closed_until_ms == Some(d.window_end_ms) {
                 seen_at_latest.insert(d.cluster_id.clone());
             }
@@ -686,22 +699,56 @@ mod tests {
         assert_eq!(s.policies()[0].signature, [7].into());
         assert_eq!(phase(&d), "ACTIVE");
         // Holding windows renew only once half the lifetime is gone: no churn every second.
-        for t in 3..10 {
+        for t in 3..5 {
             assert!(window(&mut d, vec![decision(t, 8, None, true)], t).is_none());
         }
-        // Quiet windows: RECOVERING, but no withdrawal before the 20 s dwell.
-        for t in 10..22 {
+        // Quiet windows: RECOVERING; two quiet windows (5 s, 6 s) would do, but the policy
+        // stays the 5 s dwell after it was issued at 2 s.
+        for t in 5..7 {
             assert!(
                 window(&mut d, vec![], t).is_none(),
                 "withdrawn too early at {t}"
             );
         }
         assert_eq!(phase(&d), "RECOVERING");
-        let s = window(&mut d, vec![], 22).unwrap();
+        let s = window(&mut d, vec![], 7).unwrap();
         assert!(s.policies().is_empty());
         assert_eq!(phase(&d), "MONITORING");
         assert_eq!(d.stats().issued, 1);
         assert_eq!(d.stats().withdrawn, 1);
+    }
+
+    #[test]
+    fn a_window_reported_again_without_rows_is_not_a_quiet_window() {
+        let mut d = decider();
+        window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        for t in 3..12 {
+            window(&mut d, vec![decision(t, 60, brk(), true)], t);
+            // The job asks again before the next window closes: nothing new happened.
+            assert!(
+                d.on_decisions(vec![], Some(t * S), t * S + 19)
+                    .snapshot
+                    .is_none()
+            );
+            assert_eq!(phase(&d), "ACTIVE", "at {t}");
+        }
+    }
+
+    #[test]
+    fn a_slice_keeps_its_policy_when_the_sql_names_its_group_after_another_cluster() {
+        let mut d = decider();
+        window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        // The same slice, now named after another cluster of the group (more errors there).
+        for t in 3..12 {
+            let mut other = decision(t, 90, brk(), true);
+            other.cluster_id = "c2".into();
+            window(&mut d, vec![other], t);
+        }
+        assert_eq!(d.policies().len(), 1);
+        assert_eq!(d.policies()[0].id, "policy-c1");
+        assert_eq!(phase(&d), "ACTIVE");
+        assert!(!d.clusters().contains_key("c2"));
+        assert_eq!(d.stats().issued, 1);
     }
 
     #[test]
@@ -728,6 +775,7 @@ mod tests {
         window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
         let mut noise = decision(2, 3, None, false);
         noise.cluster_id = "c2".into();
+        noise.slice = None;
         window(&mut d, vec![noise], 2);
         for t in 3..6 {
             window(&mut d, vec![decision(t, 60, None, true)], t);
@@ -858,9 +906,9 @@ mod tests {
         let mut first = decision(2, 60, Some(Action::Degrade), true);
         first.severity = 0.3;
         window(&mut d, vec![first], 2).unwrap();
-        // Worse, but inside the dwell: kept.
-        assert!(window(&mut d, vec![decision(10, 200, brk(), true)], 10).is_none());
-        let s = window(&mut d, vec![decision(23, 200, brk(), true)], 23).unwrap();
+        // Worse, but inside the 5 s dwell: kept.
+        assert!(window(&mut d, vec![decision(5, 200, brk(), true)], 5).is_none());
+        let s = window(&mut d, vec![decision(7, 200, brk(), true)], 7).unwrap();
         assert_eq!(s.policies().len(), 1);
         assert!(matches!(
             s.policies()[0].action,

@@ -346,7 +346,9 @@ impl Job {
 
         let outputs =
             std::mem::take(&mut *self.outputs.lock().unwrap_or_else(PoisonError::into_inner));
-        let closed = self.engine.closed_until_ms();
+        // Quiet verdicts are for decision windows that closed without a row for a cluster,
+        // not for the watermark, which moves between window ends.
+        let closed = self.engine.closed_window_end(decision::SINK);
         if outputs.is_empty() && closed.is_none() {
             return Step::default();
         }

@@ -8,9 +8,15 @@
 //! ```
 //!
 //! The tracker is a plain state machine driven by closed windows and by the applier; time
-//! comes in as arguments, so tests run without clocks. Changes to the *policy* (issue,
-//! escalate, withdraw) respect a minimum dwell so a cluster hovering around a threshold does
-//! not flap; the enforcer's local breaker handles fast recovery in the meantime.
+//! comes in as arguments, so tests run without clocks.
+//!
+//! Protection comes first: a policy is issued as soon as the trigger holds, never held back.
+//! Flapping is damped on the way out instead, as BGP damps route flaps: a policy is withdrawn
+//! or escalated no sooner than a dwell after it was issued or last changed, and every time a
+//! cluster's policy comes back within `flap_window_ms` of its withdrawal, that dwell doubles
+//! (up to `max_dwell_ms`). A one-off incident is let go seconds after it ends; a fault that
+//! comes and goes keeps its policy longer each time. A circuit break's own local breaker
+//! re-admits the slice as soon as it heals whatever the dwell.
 
 use std::collections::VecDeque;
 
@@ -85,8 +91,13 @@ pub enum PolicyChange {
 /// Tunables; [`Default`] holds the plan's values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleConfig {
-    /// Least time between two policy changes of one cluster, ms (default 20 s).
+    /// Least time a new policy stays before it is withdrawn or escalated, ms (default 5 s).
     pub min_dwell_ms: i64,
+    /// The dwell never grows beyond this, ms (default 60 s).
+    pub max_dwell_ms: i64,
+    /// A policy issued again within this long after its withdrawal is a flap: the dwell
+    /// doubles. A cluster quiet for longer starts over at `min_dwell_ms` (default 60 s).
+    pub flap_window_ms: i64,
     /// Quiet windows (trigger not holding) before a policy is withdrawn (default 2).
     pub recovery_windows: u32,
     /// Severity rise that counts as escalation (default 0.2).
@@ -98,7 +109,9 @@ pub struct LifecycleConfig {
 impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
-            min_dwell_ms: 20_000,
+            min_dwell_ms: 5_000,
+            max_dwell_ms: 60_000,
+            flap_window_ms: 60_000,
             recovery_windows: 2,
             escalation_step: 0.2,
             timeline_len: 64,
@@ -122,6 +135,9 @@ pub struct Lifecycle {
     phase: Phase,
     severity: f64,
     last_change_ms: Option<i64>,
+    last_withdraw_ms: Option<i64>,
+    last_window_ms: Option<i64>,
+    dwell_ms: i64,
     quiet_windows: u32,
     timeline: VecDeque<Transition>,
 }
@@ -130,10 +146,13 @@ impl Lifecycle {
     /// A cluster just discovered, in MONITORING.
     pub fn new(config: LifecycleConfig) -> Self {
         Self {
+            dwell_ms: config.min_dwell_ms,
             config,
             phase: Phase::Monitoring,
             severity: 0.0,
             last_change_ms: None,
+            last_withdraw_ms: None,
+            last_window_ms: None,
             quiet_windows: 0,
             timeline: VecDeque::new(),
         }
@@ -162,18 +181,41 @@ impl Lifecycle {
         self.timeline.push_back(Transition { at_ms, phase });
     }
 
+    /// How long the current policy must stay before it is withdrawn or escalated.
+    pub fn dwell_ms(&self) -> i64 {
+        self.dwell_ms
+    }
+
     fn may_change(&self, now_ms: i64) -> bool {
         self.last_change_ms
-            .is_none_or(|t| now_ms - t >= self.config.min_dwell_ms)
+            .is_none_or(|t| now_ms - t >= self.dwell_ms)
+    }
+
+    /// A new policy: a flap (back soon after its withdrawal) doubles the dwell.
+    fn issued(&mut self, now_ms: i64) {
+        let flap = self
+            .last_withdraw_ms
+            .is_some_and(|t| now_ms - t <= self.config.flap_window_ms);
+        self.dwell_ms = if flap {
+            (self.dwell_ms * 2).min(self.config.max_dwell_ms)
+        } else {
+            self.config.min_dwell_ms
+        };
+        self.changed(now_ms);
     }
 
     fn changed(&mut self, now_ms: i64) {
         self.last_change_ms = Some(now_ms);
     }
 
-    /// Feeds one closed window; returns what to do with the policy.
+    /// Feeds one closed window; returns what to do with the policy. Each window is judged
+    /// once: a verdict for a window not newer than the last one judged changes nothing.
     pub fn on_window(&mut self, v: WindowVerdict) -> PolicyChange {
         let now = v.window_end_ms;
+        if self.last_window_ms.is_some_and(|w| now <= w) {
+            return PolicyChange::Keep;
+        }
+        self.last_window_ms = Some(now);
         match self.phase {
             Phase::Monitoring | Phase::Evaluating | Phase::Expired => {
                 if self.phase == Phase::Expired {
@@ -188,14 +230,14 @@ impl Lifecycle {
                 if self.phase == Phase::Monitoring {
                     self.enter(Phase::Evaluating, now);
                 }
-                if !v.triggered || !self.may_change(now) {
+                if !v.triggered {
                     return PolicyChange::Keep;
                 }
                 self.enter(Phase::Triggered, now);
                 self.enter(Phase::PolicyGenerated, now);
                 self.severity = v.severity;
                 self.quiet_windows = 0;
-                self.changed(now);
+                self.issued(now);
                 PolicyChange::Issue {
                     severity: v.severity,
                 }
@@ -231,6 +273,7 @@ impl Lifecycle {
                     self.enter(Phase::Monitoring, now);
                     self.severity = 0.0;
                     self.changed(now);
+                    self.last_withdraw_ms = Some(now);
                     return PolicyChange::Withdraw;
                 }
                 PolicyChange::Keep
@@ -328,23 +371,94 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_hovering_at_the_threshold_does_not_flap() {
+    fn a_cluster_hovering_at_the_threshold_is_damped_not_left_unprotected() {
         let mut l = Lifecycle::new(LifecycleConfig {
             recovery_windows: 1,
             ..Default::default()
         });
-        let mut changes = 0;
-        for i in 1..=12 {
+        let mut log = Vec::new();
+        for i in 1..=24 {
             let hot = i % 2 == 1;
-            let change = l.on_window(window(i * 10, 60, hot, 0.5));
-            if matches!(change, PolicyChange::Issue { .. } | PolicyChange::Withdraw) {
-                changes += 1;
+            let change = l.on_window(window(i * 5, 60, hot, 0.5));
+            if hot {
+                // Whenever the trigger holds, a policy is in force or issued right now.
+                assert!(
+                    matches!(
+                        change,
+                        PolicyChange::Issue { .. } | PolicyChange::Renew | PolicyChange::Keep
+                    ) && l.phase() != Phase::Monitoring,
+                    "unprotected at {}s: {change:?} {:?}",
+                    i * 5,
+                    l.phase()
+                );
             }
-            l.on_applied(i * 10_000 + 1);
+            match change {
+                PolicyChange::Issue { .. } => log.push((i * 5, "issue", l.dwell_ms())),
+                PolicyChange::Withdraw => log.push((i * 5, "withdraw", l.dwell_ms())),
+                _ => {}
+            }
+            l.on_applied(i * 5_000 + 1);
         }
-        // 120 s of alternating windows: at most one change per 20 s dwell.
-        assert!(changes <= 6, "{changes} policy changes in 120 s");
-        assert!(changes >= 2, "the tracker must still act: {changes}");
+        // 5 s on / 5 s off for 120 s: the dwell doubles on each return (5, 10, 20 s), so
+        // the policy is withdrawn three times and then stays.
+        assert_eq!(
+            log,
+            [
+                (5, "issue", 5_000),
+                (10, "withdraw", 5_000),
+                (15, "issue", 10_000),
+                (30, "withdraw", 10_000),
+                (35, "issue", 20_000),
+                (60, "withdraw", 20_000),
+                (65, "issue", 40_000),
+                (110, "withdraw", 40_000),
+                (115, "issue", 60_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_window_is_judged_once() {
+        let mut l = Lifecycle::new(LifecycleConfig {
+            min_dwell_ms: 0,
+            ..Default::default()
+        });
+        l.on_window(window(10, 80, true, 0.5));
+        l.on_applied(10_100);
+        // The same quiet window reported again does not count as a second quiet window.
+        assert_eq!(l.on_window(window(11, 0, false, 0.0)), PolicyChange::Keep);
+        assert_eq!(l.on_window(window(11, 0, false, 0.0)), PolicyChange::Keep);
+        assert_eq!(l.on_window(window(10, 0, false, 0.0)), PolicyChange::Keep);
+        assert_eq!(l.phase(), Phase::Recovering);
+        assert_eq!(
+            l.on_window(window(12, 0, false, 0.0)),
+            PolicyChange::Withdraw
+        );
+    }
+
+    #[test]
+    fn a_quiet_minute_resets_the_dwell() {
+        let mut l = Lifecycle::new(LifecycleConfig::default());
+        l.on_window(window(10, 80, true, 0.5));
+        l.on_applied(10_100);
+        l.on_window(window(16, 0, false, 0.0));
+        assert_eq!(
+            l.on_window(window(17, 0, false, 0.0)),
+            PolicyChange::Withdraw
+        );
+        l.on_window(window(20, 80, true, 0.5));
+        assert_eq!(l.dwell_ms(), 10_000, "back within a minute: a flap");
+        l.on_applied(20_100);
+        l.on_window(window(31, 0, false, 0.0));
+        assert_eq!(
+            l.on_window(window(32, 0, false, 0.0)),
+            PolicyChange::Withdraw
+        );
+        assert_eq!(
+            l.on_window(window(100, 80, true, 0.5)),
+            PolicyChange::Issue { severity: 0.5 }
+        );
+        assert_eq!(l.dwell_ms(), 5_000, "a new incident after a quiet minute");
     }
 
     #[test]

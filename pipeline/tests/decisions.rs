@@ -17,6 +17,8 @@ const T0: i64 = 1_700_000_000_000; // a multiple of 10 s
 
 const FAILURE: &str = "alipay gateway 10.2.3.4:8443 refused the connection (order 98765)";
 const NOISE: &str = "wechat: user 4411 not found";
+/// The same alipay outage, worded by another layer (a different cluster of its own).
+const FAILURE_CN: &str = "支付渠道超时: 订单 77120 请求 3000ms 未响应";
 
 fn dims(channel: &str) -> Dimensions {
     [("body:channel".to_string(), channel.to_string())].into()
@@ -61,9 +63,10 @@ fn sample(ts: i64, channel: &str, is_error: bool) -> GatewayRecord {
 }
 
 /// 30 s of payments: 90 requests/s, 30 per channel, a 10 % sample of them (3 per channel per
-/// second), and exact per-second counts. From 10 s on every alipay request fails (30 errors/s);
-/// throughout, one wechat request per second fails with an unrelated message.
-fn seconds() -> Vec<Vec<GatewayRecord>> {
+/// second), and exact per-second counts. From 10 s on every alipay request fails (30 errors/s,
+/// their messages taken in turn from `failure`); throughout, one wechat request per second
+/// fails with an unrelated message.
+fn seconds(failure: &[&str]) -> Vec<Vec<GatewayRecord>> {
     (0..30i64)
         .map(|s| {
             let base = T0 + s * 1000;
@@ -76,7 +79,8 @@ fn seconds() -> Vec<Vec<GatewayRecord>> {
             }
             if s >= 10 {
                 for k in 0..30 {
-                    recs.push(error(base + 33 * k, "alipay", FAILURE));
+                    let message = failure[k as usize % failure.len()];
+                    recs.push(error(base + 33 * k, "alipay", message));
                 }
             }
             recs.push(error(base + 500, "wechat", NOISE));
@@ -95,13 +99,17 @@ fn seconds() -> Vec<Vec<GatewayRecord>> {
 
 /// Runs the SQL over the 30 s; decisions by (window end in seconds from T0, cluster).
 async fn decisions(sql: &str) -> BTreeMap<(i64, String), Decision> {
+    decisions_of(sql, &[FAILURE]).await
+}
+
+async fn decisions_of(sql: &str, failure: &[&str]) -> BTreeMap<(i64, String), Decision> {
     let spec = JobSpec::from_sql(&[("sql/incident.sql".into(), sql.into())]).unwrap();
     let out: Arc<Mutex<Vec<SinkOutput>>> = Arc::default();
     let o = Arc::clone(&out);
     let mut engine = Engine::new(spec, Box::new(move |x| o.lock().unwrap().push(x)));
     pipeline::udf::register(&mut engine);
     engine.validate().await.unwrap();
-    for recs in seconds() {
+    for recs in seconds(failure) {
         engine.push_records(&recs).await.unwrap();
     }
     engine.flush().await.unwrap();
@@ -188,6 +196,47 @@ async fn a_failing_channel_gets_a_breaker_on_that_channel_only() {
             .filter(|((s, _), _)| *s <= 10)
             .all(|(_, d)| d.action.is_none())
     );
+}
+
+#[tokio::test]
+async fn clusters_that_learned_the_same_slice_are_judged_as_one_failure() {
+    let all = decisions_of(&shipped_sql(), &[FAILURE, FAILURE_CN]).await;
+    let a = udfs::sql::cluster_of(Some(FAILURE)).unwrap();
+    let b = udfs::sql::cluster_of(Some(FAILURE_CN)).unwrap();
+    assert_ne!(
+        a, b,
+        "the two wordings must land in two clusters for this test"
+    );
+    // 12 s: 30 errors in each cluster, 60 on alipay: one decision for the slice, judged on
+    // all 60 (each cluster alone is under the 50-error trigger), carrying both templates.
+    let rows: Vec<&Decision> = all
+        .iter()
+        .filter(|((s, _), _)| *s == 12)
+        .map(|(_, d)| d)
+        .filter(|d| d.cluster_id == a || d.cluster_id == b)
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let d = rows[0];
+    assert_eq!(
+        d.cluster_id,
+        a.clone().min(b.clone()),
+        "ties name the group by the smaller id"
+    );
+    assert_eq!(d.errors, 60);
+    assert!(d.slice_error_rate > 0.95, "{}", d.slice_error_rate);
+    assert!(
+        matches!(d.action, Some(Action::CircuitBreak { .. })),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.signature,
+        [
+            schemas::text::template_id(FAILURE),
+            schemas::text::template_id(FAILURE_CN)
+        ]
+        .into()
+    );
+    assert_eq!(d.templates.len(), 2, "{:?}", d.templates);
 }
 
 #[tokio::test]

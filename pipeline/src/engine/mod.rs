@@ -282,6 +282,19 @@ impl Engine {
         self.closed_until_ms
     }
 
+    /// The end of the newest closed window of the query that writes to `sink`, whether or not
+    /// it had rows (a window without rows is not evaluated: nothing happened in it).
+    pub fn closed_window_end(&self, sink: &str) -> Option<i64> {
+        let closed = self.closed_until_ms?;
+        let q = self
+            .spec
+            .queries
+            .iter()
+            .find(|q| q.sink.eq_ignore_ascii_case(sink))?;
+        let slide = q.window.slide_ms();
+        Some(closed.div_euclid(slide) * slide)
+    }
+
     /// The current watermark: the highest source watermark, or the external clock's if later.
     pub fn watermark_ms(&self) -> Option<i64> {
         let from_rows = self
