@@ -1,5 +1,6 @@
-# Every target CI runs is here; `make help` lists them.
-CARGO_TARGET_DIR ?= /var/cache/lag-target/main
+# Every target CI runs is here; `make help` lists them. Local runs and CI share one target
+# directory: the disk holds one warm build, not two.
+CARGO_TARGET_DIR ?= /var/cache/lag-target/ci
 export CARGO_TARGET_DIR
 
 .PHONY: help run test lint deps-check fmt bench bench-overhead services-up services-down

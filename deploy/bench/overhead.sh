@@ -24,7 +24,7 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/lag-overhead.XXXXXX)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/lag-target/main}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/lag-target/ci}"
 UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 ADMIN_PORT=18184
 
 pids=()
