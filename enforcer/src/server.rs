@@ -223,7 +223,13 @@ impl Gateway {
 
 /// `n` listening sockets on `addr` sharing its port through `SO_REUSEPORT`, so the kernel
 /// spreads connections across the worker threads (port 0: the first picks, the rest follow).
+///
+/// `SO_REUSEPORT` would also let a second enforcer started on the same port by mistake share
+/// its traffic silently; a plain bind first makes that an "address in use" error.
 fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut addr = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -449,5 +455,19 @@ impl Admin {
                 serde_json::json!({"error": "not found"}),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_a_port_but_a_second_gateway_cannot_take_it() {
+        let group = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert!(group.iter().all(|l| l.local_addr().unwrap() == addr));
+        let err = reuseport_listeners(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     }
 }
