@@ -347,6 +347,111 @@ pub struct EventsConfig {
     /// Default 65536.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// The Kafka producer, for `sink: kafka` (required then). Default: none.
+    #[serde(default)]
+    pub kafka: Option<KafkaSinkConfig>,
+}
+
+/// The Kafka sink: each record goes to `<topic_prefix><kind>` keyed by its route, as its
+/// serde JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`. Required.
+    pub brokers: String,
+    /// Prepended to `error_events`, `traffic_samples`, `route_counts`. Default `gateway.`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// How long the producer waits to fill a batch, ms (librdkafka `linger.ms`). Default 5.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// How long a record may wait for delivery before it is dropped and counted, ms
+    /// (librdkafka `message.timeout.ms`); older than a few windows it is useless. Default 10000.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Acknowledgements the producer waits for: `all`, `leader` or `none`. Default `all`.
+    #[serde(default)]
+    pub acks: KafkaAcks,
+}
+
+/// Producer acknowledgements (librdkafka `acks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaAcks {
+    /// Every in-sync replica (`acks=all`).
+    #[default]
+    All,
+    /// The partition leader only (`acks=1`).
+    Leader,
+    /// None: fire and forget (`acks=0`).
+    None,
+}
+
+impl KafkaAcks {
+    /// The librdkafka value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Leader => "1",
+            Self::None => "0",
+        }
+    }
+}
+
+impl KafkaSinkConfig {
+    /// A config with the defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: default_topic_prefix(),
+            linger_ms: default_linger_ms(),
+            message_timeout_ms: default_message_timeout_ms(),
+            acks: KafkaAcks::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad_broker = self.brokers.split(',').map(str::trim).find(|b| {
+            b.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        });
+        if self.brokers.trim().is_empty() {
+            return Err(invalid("events.kafka.brokers", "must not be empty"));
+        }
+        if let Some(b) = bad_broker {
+            return Err(invalid(
+                "events.kafka.brokers",
+                format!("{b:?} is not host:port"),
+            ));
+        }
+        let p = &self.topic_prefix;
+        if p.len() > 200
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(invalid(
+                "events.kafka.topic_prefix",
+                format!("{p:?}: at most 200 of [A-Za-z0-9._-]"),
+            ));
+        }
+        if self.linger_ms > 900_000 {
+            return Err(invalid("events.kafka.linger_ms", "must be <= 900000"));
+        }
+        if self.message_timeout_ms == 0 || self.message_timeout_ms > i32::MAX as u64 {
+            return Err(invalid(
+                "events.kafka.message_timeout_ms",
+                "must be in 1..=2147483647 (0 would wait forever)",
+            ));
+        }
+        if self.message_timeout_ms <= self.linger_ms {
+            return Err(invalid(
+                "events.kafka.message_timeout_ms",
+                "must be greater than linger_ms",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for EventsConfig {
@@ -357,6 +462,7 @@ impl Default for EventsConfig {
             first_per_template: default_first_per_template(),
             traffic_sampling_rate: default_sampling_rate(),
             queue_capacity: default_queue_capacity(),
+            kafka: None,
         }
     }
 }
@@ -370,6 +476,8 @@ pub enum SinkKind {
     Embedded,
     /// Discard everything (benchmarks).
     Discard,
+    /// Kafka topics (`events.kafka`): the distributed mode.
+    Kafka,
 }
 
 /// Where policies come from.
@@ -550,6 +658,15 @@ fn default_sampling_rate() -> f64 {
 }
 fn default_first_per_template() -> u32 {
     5
+}
+fn default_topic_prefix() -> String {
+    schemas::names::DEFAULT_TOPIC_PREFIX.to_owned()
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_message_timeout_ms() -> u64 {
+    10_000
 }
 fn default_queue_capacity() -> usize {
     65_536
@@ -734,6 +851,19 @@ impl Config {
         if e.queue_capacity == 0 {
             return Err(invalid("events.queue_capacity", "must be > 0"));
         }
+        match (&e.sink, &e.kafka) {
+            (SinkKind::Kafka, None) => {
+                return Err(invalid(
+                    "events.kafka",
+                    "sink: kafka needs events.kafka.brokers",
+                ));
+            }
+            (SinkKind::Kafka, Some(k)) => k.validate()?,
+            (_, Some(_)) => {
+                return Err(invalid("events.kafka", "only used with sink: kafka"));
+            }
+            (_, None) => {}
+        }
         if self.policies.source == PolicySourceKind::File && self.policies.file.is_none() {
             return Err(invalid("policies.file", "the file source needs a file"));
         }
@@ -781,6 +911,19 @@ mod tests {
         assert_eq!(r.errors.statuses.len(), 100);
         assert_eq!(c.events.sampling_rate, 0.05);
         assert_eq!(c.policies.source, PolicySourceKind::Embedded);
+    }
+
+    #[test]
+    fn kafka_sink_gets_the_documented_defaults() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}events: {{sink: kafka, kafka: {{brokers: \"127.0.0.1:9092,k2:9093\"}}}}\n"
+        ))
+        .unwrap();
+        let k = c.events.kafka.unwrap();
+        assert_eq!(k.topic_prefix, "gateway.");
+        assert_eq!(k.linger_ms, 5);
+        assert_eq!(k.message_timeout_ms, 10_000);
+        assert_eq!(k.acks, KafkaAcks::All);
     }
 
     fn err(yaml: &str) -> String {
@@ -834,6 +977,34 @@ mod tests {
             (
                 "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n    timeout_ms: -1\n",
                 "routes[0].timeout_ms",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka}\n",
+                "events.kafka: sink: kafka needs",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka, kafka: {brokers: \"k1\"}}\n",
+                "events.kafka.brokers: \"k1\" is not host:port",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka, kafka: {brokers: \"k:9092\", acks: 2}}\n",
+                "events.kafka.acks",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka, kafka: {brokers: \"k:9092\", topic_prefix: \"a/b\"}}\n",
+                "events.kafka.topic_prefix",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka, kafka: {brokers: \"k:9092\", linger_ms: 50, message_timeout_ms: 50}}\n",
+                "events.kafka.message_timeout_ms: must be greater than linger_ms",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {sink: kafka, kafka: {brokers: \"k:9092\", lingr_ms: 5}}\n",
+                "events.kafka: unknown field `lingr_ms`",
+            ),
+            (
+                "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {kafka: {brokers: \"k:9092\"}}\n",
+                "events.kafka: only used with sink: kafka",
             ),
         ];
         for (yaml, want) in cases {

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod kafka_sink;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;

@@ -33,6 +33,7 @@ use crate::body::{ProxyBody, full};
 use crate::clock::Clock;
 use crate::config::{Config, PolicySourceKind, SinkKind};
 use crate::events::EventEmitter;
+use crate::kafka_sink::KafkaSink;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy_source::{FileSource, PolicySource};
@@ -164,6 +165,22 @@ impl Gateway {
                 tasks.spawn(sink::run(
                     events_rx,
                     DiscardSink,
+                    metrics.clone(),
+                    shutdown.child_token(),
+                ));
+                None
+            }
+            SinkKind::Kafka => {
+                let kafka = config
+                    .events
+                    .kafka
+                    .as_ref()
+                    .context("events.sink: kafka without events.kafka")?;
+                let sink = KafkaSink::new(kafka, &metrics).context("the kafka event sink")?;
+                tracing::info!(brokers = %kafka.brokers, topics = ?sink.topics(), "events go to kafka");
+                tasks.spawn(sink::run(
+                    events_rx,
+                    sink,
                     metrics.clone(),
                     shutdown.child_token(),
                 ));

@@ -4,7 +4,7 @@
 //! one task per enforcer drains the queue in batches into an [`EventSink`]. A sink that fails
 //! loses that batch (counted), never blocks the queue for long, and never reaches back into a
 //! request. The embedded mode skips the sink entirely and hands the queue's receiver to the
-//! in-process pipeline; distributed mode plugs a Kafka sink in here.
+//! in-process pipeline; distributed mode plugs the Kafka sink ([`crate::kafka_sink`]) in here.
 
 use std::future::Future;
 
@@ -29,6 +29,12 @@ pub trait EventSink: Send + 'static {
         &mut self,
         batch: &[GatewayRecord],
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called once when the queue ends (shutdown): a sink that buffers gives what it holds a
+    /// bounded chance to leave. Default: nothing.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Drops everything (benchmarks, or an enforcer whose events nobody reads).
@@ -69,6 +75,7 @@ pub async fn run<S: EventSink>(
         }
         batch.clear();
     }
+    sink.close().await;
 }
 
 #[cfg(test)]

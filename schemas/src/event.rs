@@ -161,6 +161,25 @@ impl GatewayRecord {
         }
     }
 
+    /// Which topic the record travels on: an index into
+    /// [`crate::names::RECORD_TOPIC_SUFFIXES`] (error events 0, samples 1, counts 2).
+    pub fn topic_index(&self) -> usize {
+        match self {
+            Self::Error(_) => 0,
+            Self::Sample(_) => 1,
+            Self::Counts(_) => 2,
+        }
+    }
+
+    /// The record's kind as the enforcer's metrics label it (`error`, `sample`, `counts`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Error(_) => "error",
+            Self::Sample(_) => "sample",
+            Self::Counts(_) => "counts",
+        }
+    }
+
     /// The record's event time, Unix milliseconds.
     pub fn timestamp_ms(&self) -> i64 {
         match self {

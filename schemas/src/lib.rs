@@ -29,6 +29,21 @@ pub mod names {
     pub const TRAFFIC_TOPIC: &str = "traffic-stats";
     /// Kafka topic carrying policy decisions from an external engine to the applier.
     pub const POLICIES_TOPIC: &str = "policies";
+    /// Default prefix of the topics the enforcer's Kafka sink writes and the pipeline's
+    /// Kafka source reads (`sql/incident.sql` names `gateway.error_events` and so on).
+    pub const DEFAULT_TOPIC_PREFIX: &str = "gateway.";
+    /// Topic suffix for error events (after the prefix).
+    pub const ERROR_EVENTS_SUFFIX: &str = "error_events";
+    /// Topic suffix for traffic samples (after the prefix).
+    pub const TRAFFIC_SAMPLES_SUFFIX: &str = "traffic_samples";
+    /// Topic suffix for per-route counts (after the prefix).
+    pub const ROUTE_COUNTS_SUFFIX: &str = "route_counts";
+    /// Every record topic suffix, in the order of [`crate::GatewayRecord::topic_index`].
+    pub const RECORD_TOPIC_SUFFIXES: [&str; 3] = [
+        ERROR_EVENTS_SUFFIX,
+        TRAFFIC_SAMPLES_SUFFIX,
+        ROUTE_COUNTS_SUFFIX,
+    ];
     /// etcd prefix under which policies live.
     pub const ETCD_POLICY_PREFIX: &str = "/policies/";
 }
