@@ -172,7 +172,22 @@ java_ok() {
   [ -n "$v" ] && [ "${v%%.*}" -ge 17 ]
 }
 
+# The rdkafka crate builds librdkafka from source (`cmake-build`; Debian's librdkafka-dev is
+# too old): cmake, a C/C++ toolchain and zlib headers. Installed with Kafka because .ci/run
+# brings Kafka up before it builds.
+install_rdkafka_build_deps() {
+  local need=()
+  command -v cmake >/dev/null || need+=(cmake)
+  command -v cc >/dev/null || need+=(gcc)
+  command -v c++ >/dev/null || need+=(g++)
+  command -v make >/dev/null || need+=(make)
+  command -v pkg-config >/dev/null || need+=(pkg-config)
+  [ -n "$(missing_debs zlib1g-dev)" ] && need+=(zlib1g-dev)
+  [ "${#need[@]}" -eq 0 ] || apt_install "${need[@]}"
+}
+
 install_kafka() {
+  install_rdkafka_build_deps
   if ! java_ok; then apt_install openjdk-17-jre-headless; fi
   java_ok || die "Kafka $KAFKA_VERSION needs Java 17 or newer on PATH"
   if [ -f "$KAFKA_LIBS/.complete" ] && [ "$(cat "$KAFKA_LIBS/.complete")" = "$(cksum <"$RES/kafka/pom.xml")" ]; then
@@ -456,10 +471,12 @@ $(tail -n 20 "$STATE/logs/kafka-format.log")"
   kafka_port_open() { port_open "$KAFKA_PORT"; }
   wait_for "kafka port" kafka_port_open kafka "$KAFKA_MAIN"
   wait_for kafka kafka_ready kafka "$KAFKA_MAIN"
-  # Topics the product uses (SEED: error-events has 6 partitions).
+  # Topics the product uses: the enforcer's Kafka sink writes gateway.* (events.kafka
+  # topic_prefix, keyed by route); SEED: error-events has 6 partitions.
   local have; have="$(kafka_topics --list 2>/dev/null)"
   local spec name parts
-  for spec in error-events:6 traffic-stats:3 policies:1; do
+  for spec in gateway.error_events:6 gateway.traffic_samples:3 gateway.route_counts:3 \
+              error-events:6 traffic-stats:3 policies:1; do
     name="${spec%%:*}"; parts="${spec##*:}"
     if ! grep -qx "$name" <<<"$have"; then
       kafka_topics --create --if-not-exists --topic "$name" --partitions "$parts" \

@@ -37,8 +37,9 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// it, enqueueing fails at once and the batch is dropped and counted.
 pub const PRODUCER_QUEUE_MESSAGES: u32 = 200_000;
 
-/// Longest a shutdown waits for queued records to be delivered.
-const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// Longest a shutdown waits for queued records to be delivered (or `message_timeout_ms`
+/// when shorter: by then every record is delivered or expired anyway).
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 
 const KINDS: [&str; 3] = ["error", "sample", "counts"];
 
@@ -102,6 +103,7 @@ pub struct KafkaSink {
     topics: [String; 3],
     dropped: IntCounterVec,
     log: Arc<LogLimiter>,
+    close_flush: Duration,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -147,6 +149,7 @@ impl KafkaSink {
             topics,
             dropped: metrics.events_dropped.clone(),
             log: Arc::new(LogLimiter::new()),
+            close_flush: CLOSE_FLUSH.min(Duration::from_millis(config.message_timeout_ms)),
         })
     }
 
@@ -200,7 +203,7 @@ impl EventSink for KafkaSink {
     async fn close(&mut self) {
         // Give queued records a bounded chance to leave; the rest are purged on drop and
         // reported (and counted) as failed deliveries.
-        let wait = CLOSE_FLUSH;
+        let wait = self.close_flush;
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(wait)).await;
     }

@@ -8,5 +8,6 @@ pub mod embedded;
 pub mod engine;
 pub mod io;
 pub mod job;
+pub mod kafka;
 pub mod lifecycle;
 pub mod udf;
