@@ -1,5 +1,7 @@
 //! The embedded default: enforcer, job and operator API in one process, joined by the
-//! enforcer's bounded event channel and its policy store — no services to install.
+//! enforcer's bounded event channel and its policy store — no services to install. With
+//! [`JobSource::Kafka`] the job reads Kafka instead (`pipeline run --source kafka`), so it
+//! also sees the records of enforcers in other processes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::io::{ChannelSource, IoError, PolicyPublisher};
 use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
+use crate::kafka::{KafkaSource, KafkaSourceConfig};
 
 /// Publishes straight into an in-process enforcer's policy store.
 #[derive(Debug, Clone)]
@@ -49,6 +52,16 @@ pub struct Embedded {
     pub commands: tokio::sync::mpsc::Sender<CommandRequest>,
 }
 
+/// Where the job reads the enforcer's records.
+#[derive(Debug, Clone, Default)]
+pub enum JobSource {
+    /// The enforcer's in-process queue (`events.sink: embedded`).
+    #[default]
+    Embedded,
+    /// Kafka topics (`events.sink: kafka`; the enforcer here, and any others, write them).
+    Kafka(KafkaSourceConfig),
+}
+
 /// Starts the enforcer with `config`, the job over its events, and the API on `api_listen`
 /// with `api_token`. The enforcer must use the embedded event sink and policy source.
 pub async fn start(
@@ -59,10 +72,39 @@ pub async fn start(
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Embedded> {
-    anyhow::ensure!(
-        config.events.sink == SinkKind::Embedded,
-        "events.sink must be embedded for the in-process pipeline"
-    );
+    start_with_source(
+        config,
+        job,
+        JobSource::Embedded,
+        api_listen,
+        api_token,
+        registry,
+        shutdown,
+    )
+    .await
+}
+
+/// [`start`], with the job reading `source`: the in-process queue (the enforcer's sink must
+/// be `embedded`) or Kafka (its sink must be `kafka`, so its records reach the topics).
+pub async fn start_with_source(
+    config: Config,
+    job: JobConfig,
+    source: JobSource,
+    api_listen: SocketAddr,
+    api_token: String,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Embedded> {
+    match &source {
+        JobSource::Embedded => anyhow::ensure!(
+            config.events.sink == SinkKind::Embedded,
+            "events.sink must be embedded for the in-process pipeline"
+        ),
+        JobSource::Kafka(_) => anyhow::ensure!(
+            config.events.sink == SinkKind::Kafka,
+            "events.sink must be kafka when the job reads Kafka"
+        ),
+    }
     anyhow::ensure!(
         config.policies.source == PolicySourceKind::Embedded,
         "policies.source must be embedded for the in-process pipeline"
@@ -73,17 +115,28 @@ pub async fn start(
         .await
         .with_context(|| format!("operator API on {api_listen}"))?;
     let api_addr = api_listener.local_addr()?;
+    let kafka = match &source {
+        JobSource::Kafka(k) => Some(KafkaSource::new(k, registry).context("the kafka source")?),
+        JobSource::Embedded => None,
+    };
     let mut gateway = Gateway::start(config, registry, shutdown.clone()).await?;
-    let events = gateway
-        .take_events()
-        .context("the enforcer's event channel was already taken")?;
     let decider = job.decider();
     let commands = job.commands();
     let publisher = StorePublisher {
         store: Arc::clone(&gateway.policies),
         clock: gateway.clock,
     };
-    tokio::spawn(job.run(ChannelSource(events), publisher, shutdown.clone()));
+    match kafka {
+        Some(source) => {
+            tokio::spawn(job.run(source, publisher, shutdown.clone()));
+        }
+        None => {
+            let events = gateway
+                .take_events()
+                .context("the enforcer's event channel was already taken")?;
+            tokio::spawn(job.run(ChannelSource(events), publisher, shutdown.clone()));
+        }
+    }
     tokio::spawn(api::serve(
         api_listener,
         ApiState {

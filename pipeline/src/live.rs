@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use enforcer::config::Config;
-use pipeline::embedded;
+use pipeline::embedded::{self, JobSource};
 use pipeline::job::JobConfig;
+use pipeline::kafka::KafkaSourceConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::LiveArgs;
+use crate::{LiveArgs, SourceChoice};
 
 /// Runs until Ctrl-C / SIGTERM; with `upstream`, the demo upstream too.
 pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -36,9 +37,22 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         let mut job = JobConfig::new(args.sql);
         job.global_shadow = args.shadow;
         let registry = prometheus::Registry::new();
-        let e = embedded::start(
+        let source = match args.source {
+            SourceChoice::Embedded => JobSource::Embedded,
+            SourceChoice::Kafka => {
+                let brokers = args
+                    .kafka_brokers
+                    .clone()
+                    .context("--source kafka needs --kafka-brokers")?;
+                let mut k = KafkaSourceConfig::new(brokers, args.kafka_group.clone());
+                k.topic_prefix = args.kafka_topic_prefix.clone();
+                JobSource::Kafka(k)
+            }
+        };
+        let e = embedded::start_with_source(
             config,
             job,
+            source,
             args.api_listen,
             token.clone(),
             &registry,

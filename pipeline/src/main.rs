@@ -2,7 +2,8 @@
 //!
 //! - `pipeline demo` — the embedded default: the demo upstream, the enforcer in front of it,
 //!   the windowed SQL job over its events and the operator API, in one process.
-//! - `pipeline run --config enforcer.yaml` — the same without the demo upstream.
+//! - `pipeline run --config enforcer.yaml [--source kafka --kafka-brokers H:P]` — the same
+//!   without the demo upstream; with `--source kafka` the job reads the Kafka topics.
 //! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
@@ -48,7 +49,8 @@ pub enum Level {
 /// What the live commands share.
 #[derive(Debug, clap::Args)]
 struct LiveArgs {
-    /// The enforcer's YAML config (events and policies must be `embedded`).
+    /// The enforcer's YAML config (policies `embedded`; events `embedded`, or `kafka` with
+    /// `--source kafka`).
     #[arg(long, default_value = "deploy/enforcer.demo.yaml")]
     config: PathBuf,
     /// The job's SQL files, in order.
@@ -66,6 +68,28 @@ struct LiveArgs {
     /// Embedder for new templates in `cluster_of` (e5: the built-in multilingual model).
     #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
     embedder: EmbedderChoice,
+    /// Where the job reads records: the enforcer's in-process queue (`events.sink: embedded`)
+    /// or Kafka (`events.sink: kafka`; every enforcer writing the topics is read).
+    #[arg(long, value_enum, default_value_t = SourceChoice::Embedded)]
+    source: SourceChoice,
+    /// Kafka bootstrap brokers for `--source kafka`.
+    #[arg(long, env = "LAG_KAFKA_BROKERS", required_if_eq("source", "kafka"))]
+    kafka_brokers: Option<String>,
+    /// Consumer group for `--source kafka` (committed positions belong to it).
+    #[arg(long, default_value = "lag-pipeline")]
+    kafka_group: String,
+    /// Topic prefix for `--source kafka` (the enforcers' `events.kafka.topic_prefix`).
+    #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
+    kafka_topic_prefix: String,
+}
+
+/// Where the live job reads records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceChoice {
+    /// The enforcer's in-process queue.
+    Embedded,
+    /// Kafka topics, in a consumer group (at-least-once).
+    Kafka,
 }
 
 #[derive(Debug, Subcommand)]
