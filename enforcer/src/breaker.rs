@@ -451,7 +451,8 @@ mod tests {
             ..settings()
         };
         // (outcome of the one probe, when it lands; expected state/share at 3_000 ms)
-        let table: [(Option<(u64, Outcome)>, State, f64); 3] = [
+        type Probe = Option<(u64, Outcome)>;
+        let table: [(Probe, State, f64); 3] = [
             // The probe times out as a failure after 1.5 s: the step is failed, re-open.
             (Some((2_500, FAIL)), State::Open, 0.0),
             // It answers fine after 1.5 s: the step is judged healthy at 3 s, ramp to 40 %.
