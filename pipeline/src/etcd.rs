@@ -178,7 +178,6 @@ async fn renew(
 }
 
 /// Publishes snapshots to etcd when this replica leads (see the module docs).
-#[derive(Debug)]
 pub struct EtcdPublisher {
     client: Client,
     settings: EtcdSettings,
@@ -373,6 +372,18 @@ impl EtcdPublisher {
         let id = lease.id;
         self.lease = Some(lease);
         Ok(id)
+    }
+}
+
+impl std::fmt::Debug for EtcdPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // etcd_client::Client has no Debug.
+        f.debug_struct("EtcdPublisher")
+            .field("settings", &self.settings)
+            .field("lease", &self.lease)
+            .field("leadership", &self.leadership)
+            .field("expected_revision", &self.expected_revision)
+            .finish_non_exhaustive()
     }
 }
 
