@@ -102,7 +102,10 @@ impl EtcdSource {
         clock: Clock,
         watching: &mut bool,
     ) -> SessionEnd {
-        match self.read_then_watch(key, store, metrics, clock, watching).await {
+        match self
+            .read_then_watch(key, store, metrics, clock, watching)
+            .await
+        {
             Ok(never) => match never {},
             Err(e) => e,
         }

@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetResponse, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use schemas::PolicySnapshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -146,7 +145,10 @@ async fn renew(
     loop {
         if last_ok.elapsed() >= ttl {
             alive.store(false, Ordering::Relaxed);
-            tracing::warn!(lease = id, "etcd lease not renewed for its whole TTL; it has lapsed");
+            tracing::warn!(
+                lease = id,
+                "etcd lease not renewed for its whole TTL; it has lapsed"
+            );
             return;
         }
         if keeper.is_none() {
@@ -264,10 +266,7 @@ impl EtcdPublisher {
             if self.try_lead().await? {
                 return Ok(true);
             }
-            let mut watch = self
-                .client
-                .watch(self.leader_key.as_str(), None)
-                .await?;
+            let mut watch = self.client.watch(self.leader_key.as_str(), None).await?;
             // The key may have been deleted between the try and the watch: try again now.
             if self.try_lead().await? {
                 return Ok(true);
@@ -291,7 +290,10 @@ impl EtcdPublisher {
 
     /// Publishes `snapshot` if this replica leads (taking the lead when nobody holds it) and
     /// etcd holds nothing newer. Returns the key's new `mod_revision`.
-    pub async fn publish_snapshot(&mut self, snapshot: &PolicySnapshot) -> Result<i64, PublishError> {
+    pub async fn publish_snapshot(
+        &mut self,
+        snapshot: &PolicySnapshot,
+    ) -> Result<i64, PublishError> {
         if !self.is_leader() && !self.try_lead().await? {
             return Err(PublishError::NotLeader);
         }
@@ -304,7 +306,11 @@ impl EtcdPublisher {
             let expected = self.expected_revision.unwrap_or(0);
             let txn = Txn::new()
                 .when([
-                    Compare::create_revision(self.leader_key.as_str(), CompareOp::Equal, leader_rev),
+                    Compare::create_revision(
+                        self.leader_key.as_str(),
+                        CompareOp::Equal,
+                        leader_rev,
+                    ),
                     Compare::mod_revision(self.snapshot_key.as_str(), CompareOp::Equal, expected),
                 ])
                 .and_then([TxnOp::put(

@@ -166,9 +166,11 @@ async fn raw_client(endpoints: &[String]) -> Client {
 
 async fn stored_version(client: &mut Client, key: &str) -> Option<u64> {
     let got = client.get(key, None).await.expect("get");
-    got.kvs()
-        .first()
-        .map(|kv| PolicySnapshot::from_json(kv.value()).expect("stored snapshot").version())
+    got.kvs().first().map(|kv| {
+        PolicySnapshot::from_json(kv.value())
+            .expect("stored snapshot")
+            .version()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +213,10 @@ async fn a_published_snapshot_is_enforced_and_a_newer_one_replaces_it() {
     publisher.resign().await.expect("resign");
     assert_eq!(stored_version(&mut raw, &key).await, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(&client, gw.proxy_addr, "/b").await, (503, Some("break-b".into())));
+    assert_eq!(
+        get(&client, gw.proxy_addr, "/b").await,
+        (503, Some("break-b".into()))
+    );
     assert_eq!(gw.policies.load().version(), 11);
     shutdown.cancel();
 }
@@ -237,17 +242,36 @@ async fn an_invalid_snapshot_in_etcd_is_refused_and_the_last_good_one_keeps_serv
     let key = format!("{prefix}snapshot");
     let mut raw = raw_client(&eps).await;
     raw.put(key.as_str(), "{not json", None).await.expect("put");
-    wait_until("the first refusal", || gw.metrics.snapshots_refused.get() >= 1).await;
-    let mut no_slice = serde_json::to_value(snapshot(30, vec![break_route("x", "b")])).expect("json");
+    wait_until("the first refusal", || {
+        gw.metrics.snapshots_refused.get() >= 1
+    })
+    .await;
+    let mut no_slice =
+        serde_json::to_value(snapshot(30, vec![break_route("x", "b")])).expect("json");
     no_slice["policies"][0]["slice"]["any"] = serde_json::json!([]);
-    raw.put(key.as_str(), no_slice.to_string(), None).await.expect("put");
-    wait_until("the second refusal", || gw.metrics.snapshots_refused.get() >= 2).await;
-    raw.put(key.as_str(), snapshot(5, vec![break_route("old", "b")]).to_json(), None)
+    raw.put(key.as_str(), no_slice.to_string(), None)
         .await
         .expect("put");
-    wait_until("the third refusal", || gw.metrics.snapshots_refused.get() >= 3).await;
+    wait_until("the second refusal", || {
+        gw.metrics.snapshots_refused.get() >= 2
+    })
+    .await;
+    raw.put(
+        key.as_str(),
+        snapshot(5, vec![break_route("old", "b")]).to_json(),
+        None,
+    )
+    .await
+    .expect("put");
+    wait_until("the third refusal", || {
+        gw.metrics.snapshots_refused.get() >= 3
+    })
+    .await;
     assert_eq!(gw.policies.load().version(), 20);
-    assert_eq!(get(&client, gw.proxy_addr, "/a").await, (503, Some("break-a".into())));
+    assert_eq!(
+        get(&client, gw.proxy_addr, "/a").await,
+        (503, Some("break-a".into()))
+    );
     assert_eq!(get(&client, gw.proxy_addr, "/b").await, (200, None));
 
     // The publisher replaces what is there with its next snapshot (the stored v5 is older).
@@ -274,15 +298,25 @@ async fn the_publisher_never_overwrites_a_newer_snapshot() {
         .expect("publish v100");
     // Someone else (a former leader, an operator) writes v500 in between.
     let mut raw = raw_client(&eps).await;
-    raw.put(key.as_str(), snapshot(500, vec![break_route("a5", "a")]).to_json(), None)
-        .await
-        .expect("put v500");
+    raw.put(
+        key.as_str(),
+        snapshot(500, vec![break_route("a5", "a")]).to_json(),
+        None,
+    )
+    .await
+    .expect("put v500");
     let err = publisher
         .publish_snapshot(&snapshot(200, vec![break_route("a2", "a")]))
         .await
         .expect_err("v200 must not overwrite v500");
     assert!(
-        matches!(err, PublishError::Stale { stored: 500, offered: 200 }),
+        matches!(
+            err,
+            PublishError::Stale {
+                stored: 500,
+                offered: 200
+            }
+        ),
         "{err}"
     );
     assert_eq!(stored_version(&mut raw, &key).await, Some(500));
@@ -332,7 +366,9 @@ async fn only_the_leader_publishes_and_a_deposed_leader_is_fenced() {
     // The leader key disappears (as when the leader's lease lapses during a long pause) and
     // the second replica takes over. The first still believes it leads; the transaction's
     // fence on the leader key's create_revision refuses its write.
-    raw.delete(format!("{prefix}leader"), None).await.expect("delete");
+    raw.delete(format!("{prefix}leader"), None)
+        .await
+        .expect("delete");
     assert!(second.try_lead().await.expect("campaign"));
     assert!(first.is_leader(), "the deposed leader has not noticed yet");
     let err = first
@@ -434,7 +470,11 @@ async fn publish_when_up(publisher: &mut EtcdPublisher, s: &PolicySnapshot) {
         match publisher.publish_snapshot(s).await {
             Ok(_) => return,
             Err(e) => {
-                assert!(Instant::now() < deadline, "publishing v{}: {e}", s.version());
+                assert!(
+                    Instant::now() < deadline,
+                    "publishing v{}: {e}",
+                    s.version()
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -478,7 +518,11 @@ async fn the_enforcer_rides_out_an_etcd_outage_and_resyncs() {
             }
         }
     };
-    publish_when_up(&mut publisher, &snapshot(1, vec![break_route("break-a", "a")])).await;
+    publish_when_up(
+        &mut publisher,
+        &snapshot(1, vec![break_route("break-a", "a")]),
+    )
+    .await;
     wait_for(&client, gw.proxy_addr, "/a", (503, Some("break-a"))).await;
     assert_eq!(get(&client, admin, "/ready").await.0, 200);
 
@@ -491,7 +535,10 @@ async fn the_enforcer_rides_out_an_etcd_outage_and_resyncs() {
     })
     .await;
     for _ in 0..20 {
-        assert_eq!(get(&client, gw.proxy_addr, "/a").await, (503, Some("break-a".into())));
+        assert_eq!(
+            get(&client, gw.proxy_addr, "/a").await,
+            (503, Some("break-a".into()))
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(&client, admin, "/ready").await.0, 200);
@@ -499,7 +546,11 @@ async fn the_enforcer_rides_out_an_etcd_outage_and_resyncs() {
 
     // etcd is back (same data): the enforcer reconnects, re-reads and follows new snapshots.
     etcd.start();
-    publish_when_up(&mut publisher, &snapshot(2, vec![break_route("break-b", "b")])).await;
+    publish_when_up(
+        &mut publisher,
+        &snapshot(2, vec![break_route("break-b", "b")]),
+    )
+    .await;
     wait_for(&client, gw.proxy_addr, "/b", (503, Some("break-b"))).await;
     assert_eq!(get(&client, gw.proxy_addr, "/a").await, (200, None));
     wait_until("the watch to be back", || {
