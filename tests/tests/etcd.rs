@@ -194,6 +194,11 @@ async fn a_published_snapshot_is_enforced_and_a_newer_one_replaces_it() {
     wait_for(&client, gw.proxy_addr, "/a", (503, Some("break-a"))).await;
     assert_eq!(get(&client, gw.proxy_addr, "/b").await, (200, None));
     assert_eq!(gw.policies.load().version(), 10);
+    // An idle watch outlives the request timeout (2 s here): the timeout bounds opening the
+    // watch, not the stream, so a quiet etcd does not cause reconnect churn.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(gw.metrics.policy_source_errors.get(), 0);
+    assert_eq!(gw.metrics.policy_source_connected.get(), 1);
 
     publisher
         .publish_snapshot(&snapshot(11, vec![break_route("break-b", "b")]))
