@@ -616,3 +616,67 @@ async fn propagation_benchmark() {
     publisher.resign().await.expect("resign");
     shutdown.cancel();
 }
+
+/// `pipeline run` / `demo` with `policies.source: etcd`: the job publishes through etcd (this
+/// replica takes the lead) and its in-process enforcer follows the key like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_publishes_operator_policies_through_etcd() {
+    let Some(eps) = endpoints() else { return };
+    let prefix = unique_prefix("embedded");
+    let shutdown = CancellationToken::new();
+    let upstream = enforcer::demo::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Default::default(),
+        shutdown.child_token(),
+    )
+    .await
+    .expect("demo upstream");
+    let eps_yaml: Vec<String> = eps.iter().map(|e| format!("{e:?}")).collect();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nworkers: 1\n\
+         policies:\n  source: etcd\n  etcd:\n    endpoints: [{}]\n    prefix: {prefix:?}\n\
+         routes:\n  - name: a\n    match: {{path_prefix: /a}}\n    upstreams: [\"http://{upstream}\"]\n",
+        eps_yaml.join(", "),
+    );
+    let config = Config::parse(&yaml).expect("config");
+    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
+    let registry = prometheus::Registry::new();
+    let e = pipeline::embedded::start(
+        config,
+        pipeline::job::JobConfig::new(vec![sql.into()]),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        "etcd-test-token".into(),
+        &registry,
+        shutdown.clone(),
+    )
+    .await
+    .expect("pipeline with the etcd publisher");
+    let client = http();
+    wait_until("the first read", || e.gateway.policies.is_synced()).await;
+    assert_eq!(get(&client, e.gateway.proxy_addr, "/a").await, (200, None));
+
+    let policy = serde_json::to_string(&break_route("forced-a", "a")).expect("json");
+    let post: HttpClient<HttpConnector, http_body_util::Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{}/api/v1/policies", e.api_addr))
+        .header("authorization", "Bearer etcd-test-token")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(policy)))
+        .expect("request");
+    let resp = post.request(req).await.expect("POST /api/v1/policies");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let version = serde_json::from_slice::<serde_json::Value>(&body).expect("json")["version"]
+        .as_u64()
+        .expect("version");
+
+    let mut raw = raw_client(&eps).await;
+    assert_eq!(
+        stored_version(&mut raw, &format!("{prefix}snapshot")).await,
+        Some(version)
+    );
+    wait_for(&client, e.gateway.proxy_addr, "/a", (503, Some("forced-a"))).await;
+    assert_eq!(e.gateway.policies.load().version(), version);
+    shutdown.cancel();
+}
