@@ -48,7 +48,8 @@ pub enum Level {
 /// What the live commands share.
 #[derive(Debug, clap::Args)]
 struct LiveArgs {
-    /// The enforcer's YAML config (events and policies must be `embedded`).
+    /// The enforcer's YAML config (events `embedded`; policies `embedded`, or `etcd` to publish
+    /// through etcd when this replica leads).
     #[arg(long, default_value = "deploy/enforcer.demo.yaml")]
     config: PathBuf,
     /// The job's SQL files, in order.

@@ -29,6 +29,11 @@ pub mod names {
     pub const TRAFFIC_TOPIC: &str = "traffic-stats";
     /// Kafka topic carrying policy decisions from an external engine to the applier.
     pub const POLICIES_TOPIC: &str = "policies";
-    /// etcd prefix under which policies live.
-    pub const ETCD_POLICY_PREFIX: &str = "/policies/";
+    /// Default etcd prefix under which policies live (configurable on both sides).
+    pub const ETCD_POLICY_PREFIX: &str = "/lag/policies/";
+    /// Key under the prefix holding the current policy snapshot (JSON), replaced atomically
+    /// by the leading pipeline and attached to its lease.
+    pub const ETCD_SNAPSHOT_KEY: &str = "snapshot";
+    /// Key under the prefix the pipeline replicas elect their one publisher with.
+    pub const ETCD_LEADER_KEY: &str = "leader";
 }

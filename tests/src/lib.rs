@@ -1,1 +1,79 @@
-//! End-to-end tests live in `tests/tests/`.
+//! End-to-end tests live in `tests/tests/`; this library holds what they share.
+
+/// What an integration test should do about a real service it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceRequirement {
+    /// The service is configured: its address.
+    Available(String),
+    /// Not configured and not under CI: skip, printing this reason.
+    Skip(String),
+    /// Not configured under `CI=true`: fail with this message (CI must never skip).
+    Fail(String),
+}
+
+/// Decides from the value of `var` and of `CI` (pure, so the rule itself is tested).
+pub fn service_requirement(var: &str, value: Option<&str>, ci: Option<&str>) -> ServiceRequirement {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => ServiceRequirement::Available(v.to_owned()),
+        _ => {
+            let how = "start the services with `bash deploy/services.sh up` and \
+                       `eval \"$(bash deploy/services.sh env)\"`";
+            if ci == Some("true") {
+                ServiceRequirement::Fail(format!("{var} is unset under CI=true: {how}"))
+            } else {
+                ServiceRequirement::Skip(format!("skipping: {var} is unset ({how})"))
+            }
+        }
+    }
+}
+
+/// The address of a real service from the environment variable `var`
+/// (`LAG_ETCD_ENDPOINTS`, `LAG_KAFKA_BROKERS`, `LAG_PG_URL`, `LAG_REDIS_URL`, as printed by
+/// `deploy/services.sh env`). When it is unset the test is skipped with a printed reason —
+/// except under `CI=true`, where it panics: CI runs every integration test, none skips.
+///
+/// ```no_run
+/// let Some(endpoints) = e2e::require_service("LAG_ETCD_ENDPOINTS") else { return };
+/// ```
+pub fn require_service(var: &str) -> Option<String> {
+    let value = std::env::var(var).ok();
+    let ci = std::env::var("CI").ok();
+    match service_requirement(var, value.as_deref(), ci.as_deref()) {
+        ServiceRequirement::Available(v) => Some(v),
+        ServiceRequirement::Skip(why) => {
+            eprintln!("{why}");
+            None
+        }
+        ServiceRequirement::Fail(why) => panic!("{why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_skips_locally_and_fails_under_ci() {
+        let var = "LAG_ETCD_ENDPOINTS";
+        assert_eq!(
+            service_requirement(var, Some("http://127.0.0.1:12379"), Some("true")),
+            ServiceRequirement::Available("http://127.0.0.1:12379".into())
+        );
+        assert!(matches!(
+            service_requirement(var, None, None),
+            ServiceRequirement::Skip(m) if m.contains(var)
+        ));
+        assert!(matches!(
+            service_requirement(var, Some("  "), Some("false")),
+            ServiceRequirement::Skip(_)
+        ));
+        assert!(matches!(
+            service_requirement(var, None, Some("true")),
+            ServiceRequirement::Fail(m) if m.contains("CI=true")
+        ));
+        assert!(matches!(
+            service_requirement(var, Some(""), Some("true")),
+            ServiceRequirement::Fail(_)
+        ));
+    }
+}
