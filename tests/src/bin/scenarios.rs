@@ -12,7 +12,10 @@ use e2e::scenarios::report;
 use e2e::scenarios::run::{self, Embedder, Mode, RunReport};
 
 #[derive(Debug, Parser)]
-#[command(name = "scenarios", about = "The scenario bench: none vs classic vs semantic")]
+#[command(
+    name = "scenarios",
+    about = "The scenario bench: none vs classic vs semantic"
+)]
 struct Args {
     /// Run only these scenarios (comma-separated): slow-slice, two-slices, noise, route-down,
     /// flapping.
@@ -45,7 +48,11 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
         .collect();
-    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches --only {:?}", args.only);
+    anyhow::ensure!(
+        !scenarios.is_empty(),
+        "no scenario matches --only {:?}",
+        args.only
+    );
     if args.child {
         return child(&args, &scenarios[0]);
     }
@@ -97,7 +104,11 @@ fn main() -> anyhow::Result<()> {
          `X-Gateway-Policy`) are counted apart. Definitions: `tests/src/scenarios/score.rs`.",
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.embedder,
-        if args.quick { ", --quick (times halved)" } else { "" },
+        if args.quick {
+            ", --quick (times halved)"
+        } else {
+            ""
+        },
         runs.len(),
         started.elapsed().as_secs_f64()
     );
@@ -117,7 +128,10 @@ fn main() -> anyhow::Result<()> {
 
 fn child(args: &Args, scenario: &plan::Scenario) -> anyhow::Result<()> {
     let mode = *args.modes.first().context("--modes is empty")?;
-    let out = args.child_report.as_ref().context("--child-report is required")?;
+    let out = args
+        .child_report
+        .as_ref()
+        .context("--child-report is required")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

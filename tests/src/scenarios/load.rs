@@ -103,7 +103,12 @@ fn build(target: SocketAddr, spec: &RequestSpec) -> Option<hyper::Request<Full<B
     }
 }
 
-async fn send(client: &HttpClient, target: SocketAddr, plan: &FaultPlan, spec: RequestSpec) -> Record {
+async fn send(
+    client: &HttpClient,
+    target: SocketAddr,
+    plan: &FaultPlan,
+    spec: RequestSpec,
+) -> Record {
     let sent = Instant::now();
     let mut record = Record {
         t: spec.t_ms as f64 / 1e3,

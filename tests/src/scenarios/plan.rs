@@ -551,7 +551,9 @@ pub fn message(family: Family, req: &RequestSpec, nonce: u64) -> String {
                 "pq: could not connect to server: Connection refused. Is the server running on \
                  host \"10.0.3.{a}\" and accepting TCP/IP connections on port 5432?"
             ),
-            2 => format!("数据库连接被拒绝: 10.0.3.{a}:5432 (订单 {order}, 金额 {yuan} 元, {clock})"),
+            2 => {
+                format!("数据库连接被拒绝: 10.0.3.{a}:5432 (订单 {order}, 金额 {yuan} 元, {clock})")
+            }
             _ => format!(
                 "org.postgresql.util.PSQLException: Connection to 10.0.3.{a}:5432 refused. \
                  Check that the hostname and port are correct (txn {hex})"
@@ -598,7 +600,10 @@ pub fn message(family: Family, req: &RequestSpec, nonce: u64) -> String {
                 "card processor 10.4.{a}.{b}:9443 returned 502 Bad Gateway for auth {hex} at \
                  {clock}"
             ),
-            1 => format!("银行卡通道异常: 授权请求 {order} 失败, 错误码 E{}", 5000 + a),
+            1 => format!(
+                "银行卡通道异常: 授权请求 {order} 失败, 错误码 E{}",
+                5000 + a
+            ),
             2 => format!(
                 "HTTP 502 from card-acquirer-{n}.visa.internal: upstream reset after {ms}ms"
             ),
@@ -617,7 +622,10 @@ pub fn message(family: Family, req: &RequestSpec, nonce: u64) -> String {
                 "java.lang.NullPointerException: Cannot invoke \"Order.getItems()\" because \
                  \"order\" is null (order {order})"
             ),
-            (1, 0) => format!("pq: deadlock detected on relation orders_{n} (pid {})", 3000 + b),
+            (1, 0) => format!(
+                "pq: deadlock detected on relation orders_{n} (pid {})",
+                3000 + b
+            ),
             (1, _) => format!("死锁: 事务 {hex} 等待锁超时, 已回滚"),
             (2, 0) => format!(
                 "redis: connection pool timeout after {ms}ms (pool size 32, key session:{hex})"
@@ -680,7 +688,11 @@ mod tests {
 
     #[test]
     fn noise_hits_about_its_share() {
-        let plan = all(1.0).into_iter().find(|s| s.name == "noise").unwrap().plan();
+        let plan = all(1.0)
+            .into_iter()
+            .find(|s| s.name == "noise")
+            .unwrap()
+            .plan();
         let failed = (0..100_000)
             .filter(|&i| !plan.would_succeed(&req("card", 1_000, i)))
             .count();

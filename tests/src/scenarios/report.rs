@@ -28,7 +28,10 @@ fn reduction(mode: &RunReport, none: Option<&RunReport>) -> Option<f64> {
 
 /// The targets for the semantic run of `scenario`.
 pub fn verdicts(scenario: &Scenario, runs: &[RunReport]) -> Vec<Verdict> {
-    let find = |m: Mode| runs.iter().find(|r| r.scenario == scenario.name && r.mode == m);
+    let find = |m: Mode| {
+        runs.iter()
+            .find(|r| r.scenario == scenario.name && r.mode == m)
+    };
     let Some(sem) = find(Mode::Semantic) else {
         return Vec::new();
     };
@@ -114,7 +117,13 @@ pub fn verdicts(scenario: &Scenario, runs: &[RunReport]) -> Vec<Verdict> {
             v.push(Verdict {
                 target: "ahead of classic",
                 met: Some(met),
-                value: format!("coll {} vs {}, fk {} vs {}", pct(sc), pct(cc), pct(sf), pct(cf)),
+                value: format!(
+                    "coll {} vs {}, fk {} vs {}",
+                    pct(sc),
+                    pct(cc),
+                    pct(sf),
+                    pct(cf)
+                ),
             });
         }
     }
@@ -153,7 +162,11 @@ pub fn markdown(scenarios: &[Scenario], runs: &[RunReport], header: &str) -> Str
                 sc.name,
                 r.mode.name(),
                 s.peak_upstream_5xx,
-                if r.mode == Mode::None { "–".into() } else { red },
+                if r.mode == Mode::None {
+                    "–".into()
+                } else {
+                    red
+                },
                 s.total_upstream_5xx,
                 s.requests,
                 s.peak_gateway_rejections,
@@ -181,12 +194,13 @@ pub fn markdown(scenarios: &[Scenario], runs: &[RunReport], header: &str) -> Str
             continue;
         }
         let cell = |i: usize| {
-            v.get(i)
-                .map_or("n/a".to_owned(), |x| format!("{}: {}", mark(x.met), x.value))
+            v.get(i).map_or("n/a".to_owned(), |x| {
+                format!("{}: {}", mark(x.met), x.value)
+            })
         };
-        let classic = v
-            .get(5)
-            .map_or("n/a".to_owned(), |x| format!("{} ({}): {}", mark(x.met), x.target, x.value));
+        let classic = v.get(5).map_or("n/a".to_owned(), |x| {
+            format!("{} ({}): {}", mark(x.met), x.target, x.value)
+        });
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",

@@ -163,9 +163,10 @@ pub async fn run_one(
     embedder: Embedder,
 ) -> anyhow::Result<RunReport> {
     let shutdown = CancellationToken::new();
-    let (upstream, stats) = sim::start(scenario.plan(), Capacity::default(), shutdown.child_token())
-        .await
-        .context("starting the simulator")?;
+    let (upstream, stats) =
+        sim::start(scenario.plan(), Capacity::default(), shutdown.child_token())
+            .await
+            .context("starting the simulator")?;
     let config = enforcer::config::Config::parse(&enforcer_yaml(upstream, mode))
         .map_err(|e| anyhow::anyhow!("enforcer config: {e}"))?;
     let registry = prometheus::Registry::new();
@@ -176,7 +177,10 @@ pub async fn run_one(
                 .map_err(|e| anyhow::anyhow!("loading the built-in e5 model: {e}"))?,
         };
         let installed = udfs::sql::install_embedder(model);
-        anyhow::ensure!(installed, "an embedder was already installed in this process");
+        anyhow::ensure!(
+            installed,
+            "an embedder was already installed in this process"
+        );
         let e = pipeline::embedded::start(
             config,
             pipeline::job::JobConfig::new(vec![sql_path()]),

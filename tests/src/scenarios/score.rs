@@ -223,7 +223,14 @@ pub fn score(records: &[Record], incidents: &[Incident], duration_s: f64, p: Par
             .collect();
         for (w, &(s, e)) in inc.windows.iter().enumerate() {
             let next = inc.windows.get(w + 1).map_or(duration_s, |n| n.0);
-            mitigation = mitigation.worst(first_run(&slice, s, e, p, |r| r.rejected, p.mitigated_share));
+            mitigation = mitigation.worst(first_run(
+                &slice,
+                s,
+                e,
+                p,
+                |r| r.rejected,
+                p.mitigated_share,
+            ));
             recovery = recovery.worst(first_run(
                 &slice,
                 e,

@@ -204,27 +204,25 @@ async fn serve(
 ) {
     let cap = shared.capacity;
     let waited = std::time::Instant::now();
-    let permit = match tokio::time::timeout(
-        cap.queue_timeout,
-        Arc::clone(&shared.pool).acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            shared.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"code": 503, "message": format!(
-                    "server busy: all {} workers in use, waited {} ms (request {})",
-                    cap.workers,
-                    waited.elapsed().as_millis(),
-                    spec.seq
-                )}),
-            ));
-            return;
-        }
-    };
+    let permit =
+        match tokio::time::timeout(cap.queue_timeout, Arc::clone(&shared.pool).acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"code": 503, "message": format!(
+                        "server busy: all {} workers in use, waited {} ms (request {})",
+                        cap.workers,
+                        waited.elapsed().as_millis(),
+                        spec.seq
+                    )}),
+                ));
+                return;
+            }
+        };
     let outcome = shared.plan.outcome(&spec);
     let jitter = mix(spec.seq, 0x1171) % (cap.base_service_ms + 1);
     let hold = match outcome.failure {
