@@ -122,7 +122,13 @@ async fn send(
     let answer = async {
         let resp = client.request(build(target, &spec)?).await.ok()?;
         let status = resp.status().as_u16();
-        let rejected = resp.headers().contains_key("x-gateway-policy");
+        // The enforcer marks every answer it makes itself with `X-Gateway-Policy`; its 502 /
+        // 504 for a refused or timed-out upstream carry the placeholder `-`: those are
+        // upstream failures, not rejections.
+        let rejected = resp
+            .headers()
+            .get("x-gateway-policy")
+            .is_some_and(|v| v.as_bytes() != b"-");
         let body = resp.into_body().collect().await.ok()?.to_bytes();
         let code = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

@@ -37,7 +37,8 @@ pub struct Record {
     pub status: u16,
     /// Time to the whole answer, ms.
     pub latency_ms: f64,
-    /// The gateway answered itself (`X-Gateway-Policy` present).
+    /// The gateway rejected it (`X-Gateway-Policy` naming a policy or classic limit; not the
+    /// `-` the enforcer puts on its own 502 / 504 for upstream failures).
     pub rejected: bool,
     /// Passed through and succeeded: 2xx and `code == 0`.
     pub succeeded: bool,
