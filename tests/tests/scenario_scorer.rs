@@ -164,9 +164,7 @@ fn a_run_must_fit_inside_the_window_and_the_worst_window_counts() {
         let in_second = (38.0..40.0).contains(&t);
         if in_first || in_second {
             r.push(rejected(t, 1, false));
-        } else if (30.0..38.0).contains(&t) {
-            r.push(failed(t, 1));
-        } else if (10.0..11.0).contains(&t) {
+        } else if (30.0..38.0).contains(&t) || (10.0..11.0).contains(&t) {
             r.push(failed(t, 1));
         } else {
             r.push(Record {
