@@ -13,7 +13,7 @@ pub mod event;
 pub mod policy;
 pub mod text;
 
-pub use dimension::{DimensionKey, Dimensions};
+pub use dimension::{DimensionKey, Dimensions, OVERFLOW_VALUE};
 pub use event::{
     EVENT_SCHEMA_VERSION, ErrorEvent, ErrorKind, GatewayRecord, RouteCounts, TrafficSample,
 };
