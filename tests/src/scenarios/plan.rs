@@ -294,11 +294,16 @@ impl Scenario {
                 .collect();
             let _ = write!(
                 out,
-                "{}{}: {} ({:.0} % of it) at {}{}",
+                "{}{}: {} ({} % of it) at {}{}",
                 if out.is_empty() { "" } else { "; " },
                 f.slice.describe(),
                 f.kind.describe(),
-                f.share * 100.0,
+                // 0.5 % must not read "0 %": whole numbers when whole, else one decimal.
+                if (f.share * 100.0).fract().abs() < 1e-9 {
+                    format!("{:.0}", f.share * 100.0)
+                } else {
+                    format!("{:.1}", f.share * 100.0)
+                },
                 windows.join(", "),
                 if f.incident { "" } else { " [not an incident]" }
             );
