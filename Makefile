@@ -3,7 +3,7 @@
 CARGO_TARGET_DIR ?= /var/cache/lag-target/ci
 export CARGO_TARGET_DIR
 
-.PHONY: help run test lint deps-check fmt bench bench-overhead services-up services-down
+.PHONY: help run test lint deps-check fmt bench bench-overhead bench-scenarios services-up services-down
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 run: ## the embedded default: demo upstream + enforcer + SQL job + operator API in one process, no services (Ctrl-C stops)
@@ -22,6 +22,8 @@ bench: ## criterion benchmarks of the hot paths
 	cargo bench -p enforcer
 bench-overhead: ## wrk: direct vs nginx vs enforcer with 50 inactive policies (installs wrk and nginx)
 	bash deploy/bench/overhead.sh
+bench-scenarios: ## the scenario bench: 5 scenarios x (no protection, classic breaker, semantic pipeline), ~17 min; writes deploy/bench/scenarios.md
+	cargo run --release -p e2e --bin scenarios -- --out deploy/bench/scenarios.md
 services-up: ## start Kafka, etcd, PostgreSQL+pgvector and Redis on loopback (installs them if missing)
 	bash deploy/services.sh up
 services-down: ## stop them

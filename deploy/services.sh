@@ -208,7 +208,9 @@ $(tail -n 20 "$STATE/logs/maven.log")"
   rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
 }
 
-install_etcd()  { apt_install etcd-server etcd-client; }
+# protobuf-compiler: not a service, but the etcd-client crate's build script needs `protoc`
+# to compile etcd's .proto files, so CI (which runs `up` before building) gets it here too.
+install_etcd()  { apt_install etcd-server etcd-client protobuf-compiler; }
 install_redis() { apt_install redis-server redis-tools; }
 
 pg_sharedir() { echo "/usr/share/postgresql/$PG_MAJOR"; }

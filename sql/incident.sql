@@ -210,9 +210,12 @@ SELECT
     errors >= 5 AND slice_error_rate >= 0.2 AS holding,
     -- rate_limit: shed severity x 0.8 of the slice's traffic (never more than 80 %).
     GREATEST(slice_traffic / 10.0 * (1.0 - 0.8 * severity), 1.0) AS rate_limit_rps,
-    -- circuit_break: open this long, then half-open probes re-admit the slice in 20 % steps.
-    5000 AS break_open_ms,
+    -- circuit_break: open this long, then half-open probes re-admit the slice in 20 % steps
+    -- of 3 probes each (2 failures re-open it). A short open period lets a healed slice back
+    -- in quickly; probes still in flight hold the ramp, so a slow failure cannot sneak back.
+    1000 AS break_open_ms,
     0.2 AS break_ramp_step,
+    3 AS break_probes,
     -- Every policy lapses after 5 minutes unless a later window renews it.
     300000 AS expires_in_ms
 FROM (

@@ -7,8 +7,10 @@
 //! * HALF_OPEN: a share of requests is admitted, starting at `ramp_step` and growing by
 //!   `ramp_step` each time `probes` outcomes come back healthy; at 100 % the breaker closes.
 //!   Failures among a step's probes at `failure_ratio` re-open it at once. A step that gets no
-//!   verdict within `open_ms` (probes lost, traffic gone) is judged on what it has, so the
-//!   breaker is never stuck half-open.
+//!   verdict within `open_ms` (traffic gone, probes lost) is judged on what it has, so the
+//!   breaker is never stuck half-open — but while a probe it admitted is still in flight (a
+//!   slow failure: the upstream has not answered yet), the step waits for it, up to
+//!   `STALE_WAIT` open periods, rather than ramp up into a failure it cannot see yet.
 //!
 //! The same machine serves the classic per-route / per-upstream breakers and each circuit-break
 //! policy (which starts OPEN: the pipeline already judged the slice). Time is passed in as
@@ -104,11 +106,15 @@ enum Inner {
     HalfOpen {
         share: f64,
         credit: f64,
+        admitted: u32,
         outcomes: u32,
         failures: u32,
         step_started_ms: u64,
     },
 }
+
+/// How many open periods a half-open step waits for probes still in flight.
+const STALE_WAIT: u64 = 4;
 
 /// One circuit breaker.
 #[derive(Debug, Clone)]
@@ -165,6 +171,7 @@ impl Breaker {
         self.inner = Inner::HalfOpen {
             share: share.min(1.0),
             credit: 0.0,
+            admitted: 0,
             outcomes: 0,
             failures: 0,
             step_started_ms: now_ms,
@@ -196,10 +203,16 @@ impl Breaker {
         self.judge_stale_step(now_ms);
         match &mut self.inner {
             Inner::Closed { .. } => Admission::Allow,
-            Inner::HalfOpen { share, credit, .. } => {
+            Inner::HalfOpen {
+                share,
+                credit,
+                admitted,
+                ..
+            } => {
                 *credit += *share;
                 if *credit >= 1.0 - 1e-9 {
                     *credit -= 1.0;
+                    *admitted += 1;
                     Admission::Allow
                 } else {
                     Admission::Reject {
@@ -213,20 +226,27 @@ impl Breaker {
         }
     }
 
-    /// A half-open step without a verdict after `open_ms` is judged on the outcomes it has.
+    /// A half-open step without a verdict after `open_ms` is judged on the outcomes it has;
+    /// a healthy-looking step with probes still in flight waits for them (bounded).
     fn judge_stale_step(&mut self, now_ms: u64) {
         if let Inner::HalfOpen {
             share,
+            admitted,
+            outcomes,
             failures,
             step_started_ms,
             ..
         } = self.inner
-            && now_ms.saturating_sub(step_started_ms) >= self.settings.open_ms
         {
-            if failures == 0 {
-                self.advance(share, now_ms);
-            } else {
+            let open_ms = self.settings.open_ms;
+            let elapsed = now_ms.saturating_sub(step_started_ms);
+            if elapsed < open_ms {
+                return;
+            }
+            if failures > 0 {
                 self.open(now_ms);
+            } else if admitted <= outcomes || elapsed >= open_ms.saturating_mul(STALE_WAIT) {
+                self.advance(share, now_ms);
             }
         }
     }
@@ -422,6 +442,52 @@ mod tests {
                 retry_after_ms: 4_003
             }
         );
+    }
+
+    #[test]
+    fn a_slow_probe_holds_the_ramp_until_it_answers() {
+        let fast = BreakerSettings {
+            open_ms: 1_000,
+            ..settings()
+        };
+        // (outcome of the one probe, when it lands; expected state/share at 3_000 ms)
+        type Probe = Option<(u64, Outcome)>;
+        let table: [(Probe, State, f64); 3] = [
+            // The probe times out as a failure after 1.5 s: the step is failed, re-open.
+            (Some((2_500, FAIL)), State::Open, 0.0),
+            // It answers fine after 1.5 s: the step is judged healthy at 3 s, ramp to 40 %.
+            (Some((2_500, OK)), State::HalfOpen, 0.4),
+            // Still in flight at 3 s (2 s into the step): wait, do not ramp into it.
+            (None, State::HalfOpen, 0.2),
+        ];
+        for (i, (probe, state, share)) in table.iter().enumerate() {
+            let mut b = Breaker::new_open(fast.clone(), 0);
+            // 1 s: half-open at 20 %: one request in five goes through.
+            let admitted = (0..5)
+                .filter(|_| b.admit(1_000) == Admission::Allow)
+                .count();
+            assert_eq!(admitted, 1, "case {i}");
+            if let Some((at, outcome)) = probe {
+                b.record(*at, *outcome);
+            }
+            let _ = b.admit(3_000);
+            assert_eq!(b.state(3_000), *state, "case {i}");
+            assert!(
+                (b.admitted_share(3_000) - share).abs() < 1e-9,
+                "case {i}: {}",
+                b.admitted_share(3_000)
+            );
+        }
+        // A probe that never answers holds the step for at most four open periods.
+        let mut b = Breaker::new_open(fast, 0);
+        let admitted = (0..5)
+            .filter(|_| b.admit(1_000) == Admission::Allow)
+            .count();
+        assert_eq!(admitted, 1);
+        let _ = b.admit(4_999);
+        assert!((b.admitted_share(4_999) - 0.2).abs() < 1e-9);
+        let _ = b.admit(5_000);
+        assert!((b.admitted_share(5_000) - 0.4).abs() < 1e-9);
     }
 
     #[test]

@@ -490,9 +490,86 @@ pub struct PoliciesConfig {
     /// A snapshot file to load at start (`file` source). Default: none.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// Where the snapshot lives in etcd (`etcd` source). Default: none; required then.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
     /// Count "would have rejected" for every policy without rejecting. Default false.
     #[serde(default)]
     pub shadow: bool,
+}
+
+/// The etcd cluster holding the policy snapshot (`policies.source: etcd`).
+///
+/// The snapshot is the JSON at `<prefix>snapshot`; the enforcer gets it, then watches the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs, `http://host:port` (TLS is not compiled in). At least one.
+    pub endpoints: Vec<String>,
+    /// Key prefix; must start and end with `/`. Default `/lag/policies/`.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Time allowed to open a connection to an endpoint, ms. Default 2000.
+    #[serde(default = "default_etcd_dial_timeout_ms")]
+    pub dial_timeout_ms: u64,
+    /// Time allowed for one request (the initial read, opening the watch), ms. Default 5000.
+    #[serde(default = "default_etcd_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl EtcdConfig {
+    /// The key holding the current snapshot: `<prefix>snapshot`.
+    pub fn snapshot_key(&self) -> String {
+        format!("{}{}", self.prefix, schemas::names::ETCD_SNAPSHOT_KEY)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(invalid(
+                "policies.etcd.endpoints",
+                "at least one endpoint is required",
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+                u.scheme_str() == Some("http")
+                    && u.host().is_some()
+                    && u.port_u16().is_some()
+                    && matches!(u.path(), "" | "/")
+            });
+            if !ok {
+                return Err(invalid(
+                    format!("policies.etcd.endpoints[{i}]"),
+                    format!("{e:?} must be an http://host:port URL such as http://127.0.0.1:2379"),
+                ));
+            }
+        }
+        if !(self.prefix.starts_with('/') && self.prefix.ends_with('/')) {
+            return Err(invalid(
+                "policies.etcd.prefix",
+                format!("{:?} must start and end with '/'", self.prefix),
+            ));
+        }
+        for (field, v) in [
+            ("dial_timeout_ms", self.dial_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("policies.etcd.{field}"), "must be > 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_etcd_prefix() -> String {
+    schemas::names::ETCD_POLICY_PREFIX.to_owned()
+}
+fn default_etcd_dial_timeout_ms() -> u64 {
+    2_000
+}
+fn default_etcd_request_timeout_ms() -> u64 {
+    5_000
 }
 
 /// OpenTelemetry export: one server span per request over OTLP/HTTP (protobuf).
@@ -586,8 +663,10 @@ pub enum PolicySourceKind {
     /// In-process store (the embedded default).
     #[default]
     Embedded,
-    /// A JSON snapshot file, re-read on SIGHUP.
+    /// A JSON snapshot file, re-read when it changes.
     File,
+    /// The snapshot key in etcd (`policies.etcd`), read once and then watched.
+    Etcd,
 }
 
 fn default_listen() -> SocketAddr {
@@ -867,6 +946,16 @@ impl Config {
         if self.policies.source == PolicySourceKind::File && self.policies.file.is_none() {
             return Err(invalid("policies.file", "the file source needs a file"));
         }
+        match (&self.policies.source, &self.policies.etcd) {
+            (PolicySourceKind::Etcd, None) => {
+                return Err(invalid(
+                    "policies.etcd",
+                    "the etcd source needs `etcd: {endpoints: [...]}`",
+                ));
+            }
+            (_, Some(etcd)) => etcd.validate()?,
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -1006,6 +1095,30 @@ mod tests {
                 "routes:\n  - name: api\n    upstreams: [\"http://a:1\"]\nevents: {kafka: {brokers: \"k:9092\"}}\n",
                 "events.kafka: only used with sink: kafka",
             ),
+            (
+                "policies: {source: etcd}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd: the etcd source needs",
+            ),
+            (
+                "policies: {source: etcd, etcd: {endpoints: []}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd.endpoints: at least one",
+            ),
+            (
+                "policies: {source: etcd, etcd: {endpoints: [\"http://a:2379\", \"a:2379\"]}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd.endpoints[1]",
+            ),
+            (
+                "policies: {source: etcd, etcd: {endpoints: [\"http://a:2379\"], prefix: lag}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd.prefix",
+            ),
+            (
+                "policies: {source: etcd, etcd: {endpoints: [\"http://a:2379\"], dial_timeout_ms: 0}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd.dial_timeout_ms: must be > 0",
+            ),
+            (
+                "policies: {source: etcd, etcd: {endpoints: [\"http://a:2379\"], watch: true}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "policies.etcd: unknown field `watch`",
+            ),
         ];
         for (yaml, want) in cases {
             let got = err(yaml);
@@ -1014,6 +1127,20 @@ mod tests {
                 "for {yaml:?}\n got: {got}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn etcd_source_gets_the_documented_defaults() {
+        let c = Config::parse(
+            "policies:\n  source: etcd\n  etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.policies.source, PolicySourceKind::Etcd);
+        let etcd = c.policies.etcd.unwrap();
+        assert_eq!(etcd.prefix, "/lag/policies/");
+        assert_eq!(etcd.snapshot_key(), "/lag/policies/snapshot");
+        assert_eq!(etcd.dial_timeout_ms, 2_000);
+        assert_eq!(etcd.request_timeout_ms, 5_000);
     }
 
     #[test]

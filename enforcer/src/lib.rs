@@ -8,6 +8,7 @@ pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod etcd_source;
 pub mod events;
 pub mod kafka_sink;
 pub mod limiter;

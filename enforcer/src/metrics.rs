@@ -37,6 +37,11 @@ pub struct Metrics {
     pub snapshots_refused: IntCounter,
     /// `enforcer_policies_live`.
     pub policies_live: IntGauge,
+    /// `enforcer_policy_source_errors_total`: a remote policy source (etcd) failed to
+    /// connect, read or watch; the last good snapshot stays while it reconnects.
+    pub policy_source_errors: IntCounter,
+    /// `enforcer_policy_source_connected`: 1 while a remote policy source is being watched.
+    pub policy_source_connected: IntGauge,
     /// `enforcer_upstream_errors_total{route,kind}`: refused / timeout / body errors.
     pub upstream_errors: IntCounterVec,
 }
@@ -117,6 +122,14 @@ impl Metrics {
                 "enforcer_policies_live",
                 "Policies in the snapshot in force.",
             )?,
+            policy_source_errors: IntCounter::new(
+                "enforcer_policy_source_errors_total",
+                "Connection, read or watch failures of the remote policy source.",
+            )?,
+            policy_source_connected: IntGauge::new(
+                "enforcer_policy_source_connected",
+                "1 while the remote policy source is watched, 0 while reconnecting.",
+            )?,
             upstream_errors: IntCounterVec::new(
                 Opts::new(
                     "enforcer_upstream_errors_total",
@@ -138,6 +151,8 @@ impl Metrics {
         registry.register(Box::new(m.snapshots_refused.clone()))?;
         registry.register(Box::new(m.policies_live.clone()))?;
         registry.register(Box::new(m.upstream_errors.clone()))?;
+        registry.register(Box::new(m.policy_source_errors.clone()))?;
+        registry.register(Box::new(m.policy_source_connected.clone()))?;
         Ok(m)
     }
 }

@@ -420,6 +420,11 @@ impl PolicyStore {
         self.synced.load(Ordering::Relaxed)
     }
 
+    /// Marks the source in sync without a snapshot: it answered, and holds none yet.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
     /// Applies a validated snapshot unless it is older than the current one. `now_ms` is the
     /// enforcer's [`Clock::monotonic_ms`](crate::clock::Clock::monotonic_ms) (new breakers
     /// open until `now_ms + open_ms` on that clock), not wall time.

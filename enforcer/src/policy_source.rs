@@ -2,7 +2,7 @@
 //!
 //! The embedded source needs no task: the in-process pipeline calls [`PolicyStore::apply`]
 //! directly. [`FileSource`] reads a JSON snapshot file whenever it changes; distributed mode
-//! plugs an etcd watcher in through the same trait.
+//! plugs the etcd watcher ([`crate::etcd_source::EtcdSource`]) in through the same trait.
 
 use std::future::Future;
 use std::path::PathBuf;

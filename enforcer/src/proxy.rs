@@ -54,7 +54,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Substituted for dimension values beyond a route's cardinality cap.
-pub const OTHER_VALUE: &str = "<other>";
+pub const OTHER_VALUE: &str = schemas::OVERFLOW_VALUE;
 
 /// Everything a route needs at request time, built once from config.
 #[derive(Debug)]

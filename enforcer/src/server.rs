@@ -5,7 +5,7 @@
 //! single-threaded runtime, `SO_REUSEPORT` listener socket and upstream pool, as nginx runs a
 //! process per core, so a request is never handed between threads. On the caller's runtime
 //! it spawns the admin accept loop, the once-a-second ticker (route counts, breaker gauges),
-//! and the file policy source when configured. Everything stops on the shared cancellation
+//! and the file or etcd policy source when configured. Everything stops on the shared cancellation
 //! token; the workers then drain in-flight requests for at most `shutdown_grace_ms`.
 
 use std::convert::Infallible;
@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::body::{ProxyBody, full};
 use crate::clock::Clock;
 use crate::config::{Config, PolicySourceKind, SinkKind};
+use crate::etcd_source::EtcdSource;
 use crate::events::EventEmitter;
 use crate::kafka_sink::KafkaSink;
 use crate::metrics::Metrics;
@@ -153,6 +154,18 @@ impl Gateway {
                 poll: Duration::from_secs(1),
             };
             tasks.spawn(source.run(
+                Arc::clone(&policies),
+                metrics.clone(),
+                clock,
+                shutdown.child_token(),
+            ));
+        }
+        if config.policies.source == PolicySourceKind::Etcd
+            && let Some(etcd) = config.policies.etcd.clone()
+        {
+            // Not ready until the first successful read of the snapshot key; after that the
+            // last good snapshot serves through any etcd outage.
+            tasks.spawn(EtcdSource { config: etcd }.run(
                 Arc::clone(&policies),
                 metrics.clone(),
                 clock,

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use enforcer::clock::Clock;
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::etcd::{EtcdPublisher, EtcdSettings};
 use crate::io::{ChannelSource, IoError, PolicyPublisher};
 use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 use crate::kafka::{KafkaSource, KafkaSourceConfig};
@@ -63,7 +65,9 @@ pub enum JobSource {
 }
 
 /// Starts the enforcer with `config`, the job over its events, and the API on `api_listen`
-/// with `api_token`. The enforcer must use the embedded event sink and policy source.
+/// with `api_token`. The enforcer must use the embedded event sink; its policy source is
+/// embedded (the job writes the in-process store) or etcd (the job publishes to etcd when
+/// this replica leads, and the enforcer follows the key like any other).
 pub async fn start(
     config: Config,
     job: JobConfig,
@@ -106,9 +110,18 @@ pub async fn start_with_source(
         ),
     }
     anyhow::ensure!(
-        config.policies.source == PolicySourceKind::Embedded,
-        "policies.source must be embedded for the in-process pipeline"
+        matches!(
+            config.policies.source,
+            PolicySourceKind::Embedded | PolicySourceKind::Etcd
+        ),
+        "policies.source must be embedded or etcd for the in-process pipeline"
     );
+    // With `policies.source: etcd` the job publishes to etcd (when this replica leads) and the
+    // in-process enforcer, like every other enforcer, follows the key there.
+    let etcd = match config.policies.source {
+        PolicySourceKind::Etcd => config.policies.etcd.clone(),
+        _ => None,
+    };
     anyhow::ensure!(!api_token.is_empty(), "the API token is empty");
     let job = Job::load(job, registry).await.context("loading the job")?;
     let api_listener = TcpListener::bind(api_listen)
@@ -122,19 +135,23 @@ pub async fn start_with_source(
     let mut gateway = Gateway::start(config, registry, shutdown.clone()).await?;
     let decider = job.decider();
     let commands = job.commands();
-    let publisher = StorePublisher {
-        store: Arc::clone(&gateway.policies),
-        clock: gateway.clock,
-    };
-    match kafka {
-        Some(source) => {
-            tokio::spawn(job.run(source, publisher, shutdown.clone()));
-        }
+    match etcd {
         None => {
-            let events = gateway
-                .take_events()
-                .context("the enforcer's event channel was already taken")?;
-            tokio::spawn(job.run(ChannelSource(events), publisher, shutdown.clone()));
+            let publisher = StorePublisher {
+                store: Arc::clone(&gateway.policies),
+                clock: gateway.clock,
+            };
+            spawn_job(job, kafka, &mut gateway, publisher, shutdown.clone())?;
+        }
+        Some(e) => {
+            let mut settings = EtcdSettings::new(e.endpoints.clone(), instance_name());
+            settings.prefix = e.prefix.clone();
+            settings.dial_timeout = Duration::from_millis(e.dial_timeout_ms);
+            settings.request_timeout = Duration::from_millis(e.request_timeout_ms);
+            let publisher = EtcdPublisher::connect(settings)
+                .await
+                .with_context(|| format!("connecting to etcd at {:?}", e.endpoints))?;
+            spawn_job(job, kafka, &mut gateway, publisher, shutdown.clone())?;
         }
     }
     tokio::spawn(api::serve(
@@ -153,4 +170,32 @@ pub async fn start_with_source(
         decider,
         commands,
     })
+}
+
+/// Runs the job over Kafka when it reads Kafka, else over the enforcer's in-process queue.
+fn spawn_job<P: PolicyPublisher + 'static>(
+    job: Job,
+    kafka: Option<KafkaSource>,
+    gateway: &mut Gateway,
+    publisher: P,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match kafka {
+        Some(source) => {
+            tokio::spawn(job.run(source, publisher, shutdown));
+        }
+        None => {
+            let events = gateway
+                .take_events()
+                .context("the enforcer's event channel was already taken")?;
+            tokio::spawn(job.run(ChannelSource(events), publisher, shutdown));
+        }
+    }
+    Ok(())
+}
+
+/// This replica's name in the etcd election: host and process id.
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
 }

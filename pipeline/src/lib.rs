@@ -6,6 +6,7 @@ pub mod decider;
 pub mod decision;
 pub mod embedded;
 pub mod engine;
+pub mod etcd;
 pub mod io;
 pub mod job;
 pub mod kafka;

@@ -49,8 +49,8 @@ pub enum Level {
 /// What the live commands share.
 #[derive(Debug, clap::Args)]
 struct LiveArgs {
-    /// The enforcer's YAML config (policies `embedded`; events `embedded`, or `kafka` with
-    /// `--source kafka`).
+    /// The enforcer's YAML config (events `embedded`, or `kafka` with `--source kafka`;
+    /// policies `embedded`, or `etcd` to publish through etcd when this replica leads).
     #[arg(long, default_value = "deploy/enforcer.demo.yaml")]
     config: PathBuf,
     /// The job's SQL files, in order.

@@ -165,7 +165,11 @@ async fn a_failing_channel_gets_a_breaker_on_that_channel_only() {
     assert!(d.severity > 0.95, "{}", d.severity);
     assert!(matches!(
         d.action,
-        Some(Action::CircuitBreak { open_ms: 5000, .. })
+        Some(Action::CircuitBreak {
+            open_ms: 1000,
+            probes: 3,
+            ..
+        })
     ));
     assert_eq!(
         d.signature,

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The dimension values observed on one request, keyed by [`DimensionKey`]'s string form.
 pub type Dimensions = BTreeMap<String, String>;
 
+/// The value the enforcer reports once a dimension has more distinct values on a route than
+/// its cap: a key that ever shows it is unbounded and never enters a slice.
+pub const OVERFLOW_VALUE: &str = "<other>";
+
 /// Names one request dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]

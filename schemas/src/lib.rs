@@ -13,7 +13,7 @@ pub mod event;
 pub mod policy;
 pub mod text;
 
-pub use dimension::{DimensionKey, Dimensions};
+pub use dimension::{DimensionKey, Dimensions, OVERFLOW_VALUE};
 pub use event::{
     EVENT_SCHEMA_VERSION, ErrorEvent, ErrorKind, GatewayRecord, RouteCounts, TrafficSample,
 };
@@ -44,6 +44,11 @@ pub mod names {
         TRAFFIC_SAMPLES_SUFFIX,
         ROUTE_COUNTS_SUFFIX,
     ];
-    /// etcd prefix under which policies live.
-    pub const ETCD_POLICY_PREFIX: &str = "/policies/";
+    /// Default etcd prefix under which policies live (configurable on both sides).
+    pub const ETCD_POLICY_PREFIX: &str = "/lag/policies/";
+    /// Key under the prefix holding the current policy snapshot (JSON), replaced atomically
+    /// by the leading pipeline and attached to its lease.
+    pub const ETCD_SNAPSHOT_KEY: &str = "snapshot";
+    /// Key under the prefix the pipeline replicas elect their one publisher with.
+    pub const ETCD_LEADER_KEY: &str = "leader";
 }

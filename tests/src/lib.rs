@@ -1,4 +1,7 @@
-//! End-to-end tests live in `tests/tests/`; this library holds what they share.
+//! End-to-end tests live in `tests/tests/`; this library holds what they share, and the
+//! scenario bench ([`scenarios`]).
+
+pub mod scenarios;
 
 /// What an integration test should do about a real service it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use schemas::{Conjunction, DimensionKey, DimensionMatch, Dimensions, Slice};
+use schemas::{Conjunction, DimensionKey, DimensionMatch, Dimensions, OVERFLOW_VALUE, Slice};
 
 /// One request as the learner sees it: route, attributes, and its sampling weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,9 +277,9 @@ impl SliceLearner {
             .into_iter()
             .filter(|((k, _), w)| {
                 *w >= self.coverage * route_errors - 1e-9
-                    && distinct
-                        .get(k)
-                        .is_some_and(|d| d.len() <= self.max_distinct_values)
+                    && distinct.get(k).is_some_and(|d| {
+                        d.len() <= self.max_distinct_values && !d.contains(OVERFLOW_VALUE)
+                    })
                     && k.parse::<DimensionKey>()
                         .is_ok_and(|k| k != DimensionKey::Route)
             })
@@ -450,6 +450,20 @@ mod tests {
             .learn(&errors, &payments_traffic(), &HashMap::new())
             .unwrap();
         assert_eq!(atoms(&s), vec![("payments".to_owned(), vec![])]);
+    }
+
+    #[test]
+    fn a_key_the_enforcer_capped_never_enters_a_slice() {
+        // Order ids past the enforcer's cap all read `<other>`: the errors "concentrate" on
+        // it, but it stands for an unbounded set of ids, so the slice is the route.
+        let mut errors = many(45, "orders", &[("path:id", OVERFLOW_VALUE)], 1.0);
+        errors.extend(many(3, "orders", &[("path:id", "17")], 1.0));
+        let mut traffic = many(50, "orders", &[("path:id", OVERFLOW_VALUE)], 10.0);
+        traffic.extend(many(50, "orders", &[("path:id", "17")], 10.0));
+        let s = SliceLearner::default()
+            .learn(&errors, &traffic, &HashMap::new())
+            .unwrap();
+        assert_eq!(atoms(&s), vec![("orders".to_owned(), vec![])]);
     }
 
     #[test]
