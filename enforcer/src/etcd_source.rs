@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::EtcdConfig;
 use crate::metrics::Metrics;
 use crate::policy::{ApplyError, PolicyStore};
-use crate::policy_source::PolicySource;
+use crate::policy_source::{PolicySource, apply_counted};
 
 /// First pause before reconnecting; doubled on every failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -181,13 +181,11 @@ fn apply(
     value: &[u8],
     mod_revision: i64,
 ) {
-    match store.apply_json(value, clock.monotonic_ms()) {
+    match apply_counted(store, metrics, clock, value) {
         Ok(version) => {
-            metrics.snapshot_version.set(version as i64);
             tracing::info!(key = %key, mod_revision, version, "policy snapshot applied");
         }
         Err(e) => {
-            metrics.snapshots_refused.inc();
             let kind = match e {
                 ApplyError::Invalid(_) => "invalid",
                 ApplyError::Stale { .. } => "stale",

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
+use crate::policy::{ApplyError, PolicyStore};
 
 /// Feeds snapshots into the store until shutdown.
 pub trait PolicySource: Send + 'static {
@@ -25,6 +25,24 @@ pub trait PolicySource: Send + 'static {
         clock: Clock,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// Applies one snapshot from any source (file, etcd, the admin `PUT /policies`) and keeps the
+/// metrics in step: the version gauge on success, the refusal counter otherwise. Callers log.
+pub fn apply_counted(
+    store: &PolicyStore,
+    metrics: &Metrics,
+    clock: Clock,
+    bytes: &[u8],
+) -> Result<u64, ApplyError> {
+    let applied = store.apply_json(bytes, clock.monotonic_ms());
+    match &applied {
+        Ok(version) => metrics
+            .snapshot_version
+            .set(i64::try_from(*version).unwrap_or(i64::MAX)),
+        Err(_) => metrics.snapshots_refused.inc(),
+    }
+    applied
 }
 
 /// A JSON snapshot file, re-read when its modification time changes (checked every `poll`).
@@ -60,12 +78,11 @@ impl PolicySource for FileSource {
             }
             last_modified = modified;
             match tokio::fs::read(&self.path).await {
-                Ok(bytes) => match store.apply_json(&bytes, clock.monotonic_ms()) {
+                Ok(bytes) => match apply_counted(&store, &metrics, clock, &bytes) {
                     Ok(v) => {
                         tracing::info!(path = %self.path.display(), version = v, "policy snapshot applied")
                     }
                     Err(e) => {
-                        metrics.snapshots_refused.inc();
                         tracing::warn!(path = %self.path.display(), error = %e, "policy snapshot refused; the last good one stays");
                     }
                 },

@@ -37,7 +37,7 @@ use crate::events::EventEmitter;
 use crate::kafka_sink::KafkaSink;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
-use crate::policy_source::{FileSource, PolicySource};
+use crate::policy_source::{FileSource, PolicySource, apply_counted};
 use crate::proxy::Proxy;
 use crate::sink::{self, DiscardSink};
 use crate::telemetry::Telemetry;
@@ -463,15 +463,9 @@ impl Admin {
                         );
                     }
                 };
-                match self.policies.apply_json(&bytes, self.clock.monotonic_ms()) {
-                    Ok(version) => {
-                        self.metrics
-                            .snapshot_version
-                            .set(i64::try_from(version).unwrap_or(i64::MAX));
-                        json(StatusCode::OK, serde_json::json!({"version": version}))
-                    }
+                match apply_counted(&self.policies, &self.metrics, self.clock, &bytes) {
+                    Ok(version) => json(StatusCode::OK, serde_json::json!({"version": version})),
                     Err(e) => {
-                        self.metrics.snapshots_refused.inc();
                         let version = self.policies.load().version();
                         json(
                             StatusCode::BAD_REQUEST,
