@@ -210,7 +210,9 @@ $(tail -n 20 "$STATE/logs/maven.log")"
 
 # protobuf-compiler: not a service, but the etcd-client crate's build script needs `protoc`
 # to compile etcd's .proto files, so CI (which runs `up` before building) gets it here too.
-install_etcd()  { apt_install etcd-server etcd-client protobuf-compiler; }
+# libprotobuf-dev: Debian's protoc ships without the well-known types etcd's protos import
+# (google/protobuf/descriptor.proto); without it the build fails on a fresh machine.
+install_etcd()  { apt_install etcd-server etcd-client protobuf-compiler libprotobuf-dev; }
 install_redis() { apt_install redis-server redis-tools; }
 
 pg_sharedir() { echo "/usr/share/postgresql/$PG_MAJOR"; }
