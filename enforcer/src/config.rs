@@ -81,6 +81,10 @@ pub struct Config {
     /// (`SO_REUSEPORT`) and upstream connection pool. Default: one per core.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Cluster-wide token buckets for rate-limit policies, shared through Redis. Default:
+    /// none, each enforcer limits on its own.
+    #[serde(default)]
+    pub cluster_limits: Option<ClusterLimitsConfig>,
 }
 
 /// One route: which requests it takes, where they go, and how they are judged.
@@ -572,6 +576,88 @@ fn default_etcd_request_timeout_ms() -> u64 {
     5_000
 }
 
+/// Rate-limit policies enforced cluster-wide (`cluster_limits`): one token bucket per policy in
+/// Redis, leased to each enforcer in small batches (see `src/cluster_bucket.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLimitsConfig {
+    /// `redis://host:port[/db]` (TLS is not compiled in). Required.
+    pub redis_url: String,
+    /// Prefix of the bucket keys, `<prefix><policy id>`. Default `lag:rl:`.
+    #[serde(default = "default_cluster_key_prefix")]
+    pub key_prefix: String,
+    /// Enforcers sharing the buckets: while Redis is unreachable each one admits
+    /// `rate / enforcers` (burst likewise, at least 1) on its own. Default 1.
+    #[serde(default = "default_cluster_enforcers")]
+    pub enforcers: u32,
+    /// How often leases are topped up, ms (a lease running low also wakes the refiller).
+    /// Default 20.
+    #[serde(default = "default_cluster_sync_interval_ms")]
+    pub sync_interval_ms: u64,
+    /// How long leased tokens stay usable, ms; unused ones are dropped after that. At least
+    /// `sync_interval_ms`. Default 1000.
+    #[serde(default = "default_cluster_lease_ms")]
+    pub lease_ms: u64,
+    /// Time allowed for one Redis round trip (connecting included), ms; slower counts as
+    /// unreachable and the enforcer falls back to its share. Default 50.
+    #[serde(default = "default_cluster_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl ClusterLimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url_ok = self.redis_url.starts_with("redis://")
+            && redis::Client::open(self.redis_url.as_str()).is_ok();
+        if !url_ok {
+            return Err(invalid(
+                "cluster_limits.redis_url",
+                format!(
+                    "{:?} must be a redis://host:port[/db] URL (TLS is not compiled in)",
+                    self.redis_url
+                ),
+            ));
+        }
+        if !(1..=100_000).contains(&self.enforcers) {
+            return Err(invalid(
+                "cluster_limits.enforcers",
+                format!("{} must be between 1 and 100000", self.enforcers),
+            ));
+        }
+        for (field, v) in [
+            ("sync_interval_ms", self.sync_interval_ms),
+            ("lease_ms", self.lease_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("cluster_limits.{field}"), "must be > 0"));
+            }
+        }
+        if self.lease_ms < self.sync_interval_ms {
+            return Err(invalid(
+                "cluster_limits.lease_ms",
+                "must be at least sync_interval_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_cluster_key_prefix() -> String {
+    "lag:rl:".to_owned()
+}
+fn default_cluster_enforcers() -> u32 {
+    1
+}
+fn default_cluster_sync_interval_ms() -> u64 {
+    20
+}
+fn default_cluster_lease_ms() -> u64 {
+    1_000
+}
+fn default_cluster_request_timeout_ms() -> u64 {
+    50
+}
+
 /// OpenTelemetry export: one server span per request over OTLP/HTTP (protobuf).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -956,6 +1042,9 @@ impl Config {
             (_, Some(etcd)) => etcd.validate()?,
             _ => {}
         }
+        if let Some(c) = &self.cluster_limits {
+            c.validate()?;
+        }
         Ok(())
     }
 }
@@ -1119,6 +1208,30 @@ mod tests {
                 "policies: {source: etcd, etcd: {endpoints: [\"http://a:2379\"], watch: true}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
                 "policies.etcd: unknown field `watch`",
             ),
+            (
+                "cluster_limits: {}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits: missing field `redis_url`",
+            ),
+            (
+                "cluster_limits: {redis_url: \"rediss://r:6379\"}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits.redis_url",
+            ),
+            (
+                "cluster_limits: {redis_url: \"redis://r:6379\", enforcers: 0}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits.enforcers: 0 must be between",
+            ),
+            (
+                "cluster_limits: {redis_url: \"redis://r:6379\", lease_ms: 5}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits.lease_ms: must be at least sync_interval_ms",
+            ),
+            (
+                "cluster_limits: {redis_url: \"redis://r:6379\", request_timeout_ms: 0}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits.request_timeout_ms: must be > 0",
+            ),
+            (
+                "cluster_limits: {redis_url: \"redis://r:6379\", lua: true}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+                "cluster_limits: unknown field `lua`",
+            ),
         ];
         for (yaml, want) in cases {
             let got = err(yaml);
@@ -1141,6 +1254,21 @@ mod tests {
         assert_eq!(etcd.snapshot_key(), "/lag/policies/snapshot");
         assert_eq!(etcd.dial_timeout_ms, 2_000);
         assert_eq!(etcd.request_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn cluster_limits_get_the_documented_defaults() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}cluster_limits: {{redis_url: \"redis://127.0.0.1:6379\"}}\n"
+        ))
+        .unwrap();
+        let l = c.cluster_limits.unwrap();
+        assert_eq!(l.key_prefix, "lag:rl:");
+        assert_eq!(l.enforcers, 1);
+        assert_eq!(l.sync_interval_ms, 20);
+        assert_eq!(l.lease_ms, 1_000);
+        assert_eq!(l.request_timeout_ms, 50);
+        assert!(Config::parse(MINIMAL).unwrap().cluster_limits.is_none());
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub struct Metrics {
     pub policy_source_connected: IntGauge,
     /// `enforcer_upstream_errors_total{route,kind}`: refused / timeout / body errors.
     pub upstream_errors: IntCounterVec,
+    /// `enforcer_cluster_limit_fallback_total`: rate-limit decisions made on this enforcer's
+    /// local share because Redis was unreachable (`cluster_limits`).
+    pub cluster_limit_fallback: IntCounter,
+    /// `enforcer_cluster_limit_bridged_total`: decisions made on the local share while a
+    /// lease refill was on its way (Redis reachable, lease spent early).
+    pub cluster_limit_bridged: IntCounter,
+    /// `enforcer_cluster_limit_leased_tokens_total`: tokens leased from cluster buckets.
+    pub cluster_limit_leased: IntCounter,
+    /// `enforcer_redis_errors_total{reason}`: failed Redis round trips (`connect`,
+    /// `command`, `reply`, `timeout`).
+    pub redis_errors: IntCounterVec,
+    /// `enforcer_redis_connected`: 1 after a Redis answer, 0 after a failure.
+    pub redis_connected: IntGauge,
 }
 
 impl Metrics {
@@ -137,6 +150,29 @@ impl Metrics {
                 ),
                 &["route", "kind"],
             )?,
+            cluster_limit_fallback: IntCounter::new(
+                "enforcer_cluster_limit_fallback_total",
+                "Rate-limit decisions on the local share because Redis was unreachable.",
+            )?,
+            cluster_limit_bridged: IntCounter::new(
+                "enforcer_cluster_limit_bridged_total",
+                "Rate-limit decisions on the local share while a lease refill was pending.",
+            )?,
+            cluster_limit_leased: IntCounter::new(
+                "enforcer_cluster_limit_leased_tokens_total",
+                "Tokens leased from cluster-wide rate-limit buckets.",
+            )?,
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "enforcer_redis_errors_total",
+                    "Failed Redis round trips of the cluster-wide buckets, by reason.",
+                ),
+                &["reason"],
+            )?,
+            redis_connected: IntGauge::new(
+                "enforcer_redis_connected",
+                "1 after a Redis answer, 0 after a failure.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -153,6 +189,11 @@ impl Metrics {
         registry.register(Box::new(m.upstream_errors.clone()))?;
         registry.register(Box::new(m.policy_source_errors.clone()))?;
         registry.register(Box::new(m.policy_source_connected.clone()))?;
+        registry.register(Box::new(m.cluster_limit_fallback.clone()))?;
+        registry.register(Box::new(m.cluster_limit_bridged.clone()))?;
+        registry.register(Box::new(m.cluster_limit_leased.clone()))?;
+        registry.register(Box::new(m.redis_errors.clone()))?;
+        registry.register(Box::new(m.redis_connected.clone()))?;
         Ok(m)
     }
 }

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use schemas::{Action, Dimensions, Policy, PolicyError, PolicySnapshot};
 
 use crate::breaker::{Admission, Breaker, BreakerSettings, Outcome, State};
+use crate::cluster_bucket::{ClusterLimits, SharedBucket};
 use crate::limiter::TokenBucket;
 
 /// The attributes of one request that slices test.
@@ -43,6 +44,9 @@ impl RequestView<'_> {
 enum ActionState {
     Breaker(Box<Breaker>),
     Bucket(TokenBucket),
+    /// A rate limit shared by every enforcer (`cluster_limits`): leased tokens, or the
+    /// local share while Redis is away.
+    Shared(Arc<SharedBucket>),
     Degrade,
 }
 
@@ -109,6 +113,7 @@ impl PolicyRuntime {
         previous: Option<&Arc<PolicyRuntime>>,
         now_ms: u64,
         global_shadow: bool,
+        cluster: Option<&Arc<ClusterLimits>>,
     ) -> Self {
         let state = match (&policy.action, previous) {
             // Same action as before: share the running breaker / bucket (requests still
@@ -141,11 +146,12 @@ impl PolicyRuntime {
                     burst,
                 },
                 _,
-            ) => fresh(ActionState::Bucket(TokenBucket::new(
-                *requests_per_second,
-                *burst,
-                now_ms,
-            ))),
+            ) => fresh(match cluster {
+                Some(c) => {
+                    ActionState::Shared(c.bucket(&policy.id, *requests_per_second, *burst, now_ms))
+                }
+                None => ActionState::Bucket(TokenBucket::new(*requests_per_second, *burst, now_ms)),
+            }),
             (Action::Degrade, _) => fresh(ActionState::Degrade),
         };
         let conjunctions = policy
@@ -189,6 +195,10 @@ impl PolicyRuntime {
                 }
             },
             ActionState::Bucket(bucket) => bucket
+                .try_take(now_ms)
+                .err()
+                .map(|wait| (RejectKind::RateLimited, wait)),
+            ActionState::Shared(bucket) => bucket
                 .try_take(now_ms)
                 .err()
                 .map(|wait| (RejectKind::RateLimited, wait)),
@@ -283,6 +293,18 @@ impl CompiledPolicies {
         now_ms: u64,
         global_shadow: bool,
     ) -> Self {
+        Self::compile_with(snapshot, previous, now_ms, global_shadow, None)
+    }
+
+    /// [`compile`](Self::compile), with rate-limit policies on cluster-wide buckets when
+    /// `cluster` is given.
+    pub fn compile_with(
+        snapshot: &PolicySnapshot,
+        previous: &CompiledPolicies,
+        now_ms: u64,
+        global_shadow: bool,
+        cluster: Option<&Arc<ClusterLimits>>,
+    ) -> Self {
         let prev_by_id: HashMap<&str, &Arc<PolicyRuntime>> = previous
             .all
             .iter()
@@ -297,6 +319,7 @@ impl CompiledPolicies {
                     prev_by_id.get(p.id.as_str()).copied(),
                     now_ms,
                     global_shadow,
+                    cluster,
                 ))
             })
             .collect();
@@ -397,6 +420,7 @@ pub struct PolicyStore {
     current: ArcSwap<CompiledPolicies>,
     synced: AtomicBool,
     global_shadow: bool,
+    cluster: Option<Arc<ClusterLimits>>,
 }
 
 impl PolicyStore {
@@ -407,7 +431,14 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(CompiledPolicies::default()),
             synced: AtomicBool::new(synced),
             global_shadow,
+            cluster: None,
         }
+    }
+
+    /// Rate-limit policies applied from now on share cluster-wide buckets (`cluster_limits`).
+    pub fn with_cluster_limits(mut self, cluster: Option<Arc<ClusterLimits>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The policies in force.
@@ -436,7 +467,13 @@ impl PolicyStore {
                 current: current.version(),
             });
         }
-        let compiled = CompiledPolicies::compile(snapshot, &current, now_ms, self.global_shadow);
+        let compiled = CompiledPolicies::compile_with(
+            snapshot,
+            &current,
+            now_ms,
+            self.global_shadow,
+            self.cluster.as_ref(),
+        );
         self.current.store(Arc::new(compiled));
         self.synced.store(true, Ordering::Relaxed);
         Ok(snapshot.version())

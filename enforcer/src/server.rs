@@ -31,6 +31,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::body::{ProxyBody, full};
 use crate::clock::Clock;
+use crate::cluster_bucket::{ClusterLimits, Refiller};
 use crate::config::{Config, PolicySourceKind, SinkKind};
 use crate::etcd_source::EtcdSource;
 use crate::events::EventEmitter;
@@ -39,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::policy_source::{FileSource, PolicySource, apply_counted};
 use crate::proxy::Proxy;
+use crate::redis_bucket::RedisBucketStore;
 use crate::sink::{self, DiscardSink};
 use crate::telemetry::Telemetry;
 
@@ -76,10 +78,19 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let clock = Clock::default();
         let metrics = Metrics::register(registry).context("registering metrics")?;
-        let policies = Arc::new(PolicyStore::new(
-            config.policies.shadow,
-            config.policies.source == PolicySourceKind::Embedded,
-        ));
+        // Rate-limit policies share cluster-wide buckets in Redis when configured; the
+        // refiller task below leases their tokens, requests never wait on Redis.
+        let cluster_limits = config
+            .cluster_limits
+            .clone()
+            .map(|c| ClusterLimits::new(c, &metrics));
+        let policies = Arc::new(
+            PolicyStore::new(
+                config.policies.shadow,
+                config.policies.source == PolicySourceKind::Embedded,
+            )
+            .with_cluster_limits(cluster_limits.clone()),
+        );
         let (emitter, events_rx) = EventEmitter::new(&config.events, metrics.clone());
         let emitter = Arc::new(emitter);
         let telemetry = Telemetry::start(&config.telemetry, &config.service_name)
@@ -171,6 +182,12 @@ impl Gateway {
                 clock,
                 shutdown.child_token(),
             ));
+        }
+        if let Some(limits) = cluster_limits {
+            let store = RedisBucketStore::new(limits.config())
+                .map_err(|e| anyhow::anyhow!("cluster_limits.redis_url: {e}"))?;
+            tracing::info!(store = ?store, enforcers = limits.config().enforcers, "rate-limit policies use cluster-wide buckets");
+            tasks.spawn(Refiller::new(limits, store).run(clock, shutdown.child_token()));
         }
         let events = match config.events.sink {
             SinkKind::Embedded => Some(events_rx),
