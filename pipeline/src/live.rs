@@ -1,12 +1,14 @@
 //! `pipeline demo` and `pipeline run`: the embedded default as a command.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use enforcer::config::Config;
 use pipeline::embedded::{self, JobSource};
 use pipeline::job::JobConfig;
 use pipeline::kafka::KafkaSourceConfig;
+use pipeline::redis_cache::{RedisCacheConfig, RedisVectorCache};
 use tokio_util::sync::CancellationToken;
 
 use crate::{LiveArgs, SourceChoice};
@@ -37,6 +39,13 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         let mut job = JobConfig::new(args.sql);
         job.global_shadow = args.shadow;
         let registry = prometheus::Registry::new();
+        if let Some(url) = &args.redis_url {
+            // Before the job starts: the SQL's cluster_of builds the clusterer on first use.
+            let cache = RedisVectorCache::new(RedisCacheConfig::new(url.as_str()))?
+                .with_metrics(&registry)?;
+            udfs::sql::install_vector_cache(Arc::new(cache));
+            tracing::info!(url = %url, "template vectors shared through redis");
+        }
         let source = match args.source {
             SourceChoice::Embedded => JobSource::Embedded,
             SourceChoice::Kafka => {

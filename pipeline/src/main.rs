@@ -81,6 +81,10 @@ struct LiveArgs {
     /// Topic prefix for `--source kafka` (the enforcers' `events.kafka.topic_prefix`).
     #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
     kafka_topic_prefix: String,
+    /// Share template vectors with the other replicas through Redis (`redis://host:port`):
+    /// the model runs only for templates no replica has embedded. Unset: no sharing.
+    #[arg(long, env = "LAG_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 /// Where the live job reads records.

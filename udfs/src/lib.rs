@@ -15,5 +15,6 @@ pub mod hnsw;
 pub mod miner;
 pub mod slice;
 pub mod sql;
+pub mod vector_cache;
 
 pub use sql::mask_pii;

@@ -10,16 +10,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cluster::{NgramEmbedder, TextEmbedder};
 use crate::clusterer::FailureClusterer;
+use crate::vector_cache::VectorCache;
 
 /// Longest input the functions look at; longer text is cut (at a char boundary).
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
 static EMBEDDER: OnceLock<Arc<dyn TextEmbedder>> = OnceLock::new();
 static CLUSTERER: OnceLock<Mutex<FailureClusterer>> = OnceLock::new();
+static VECTOR_CACHE: OnceLock<Arc<dyn VectorCache>> = OnceLock::new();
 
 /// Sets the process-wide embedder; `false` when one was already in use.
 pub fn install_embedder(embedder: Arc<dyn TextEmbedder>) -> bool {
     EMBEDDER.set(embedder).is_ok()
+}
+
+/// Shares the process-wide clusterer's vectors with other replicas (set before first use);
+/// `false` when one was already set.
+pub fn install_vector_cache(cache: Arc<dyn VectorCache>) -> bool {
+    VECTOR_CACHE.set(cache).is_ok()
 }
 
 fn embedder() -> &'static Arc<dyn TextEmbedder> {
@@ -27,7 +35,13 @@ fn embedder() -> &'static Arc<dyn TextEmbedder> {
 }
 
 fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> Option<T>) -> Option<T> {
-    let cell = CLUSTERER.get_or_init(|| Mutex::new(FailureClusterer::new(Arc::clone(embedder()))));
+    let cell = CLUSTERER.get_or_init(|| {
+        let mut c = FailureClusterer::new(Arc::clone(embedder()));
+        if let Some(cache) = VECTOR_CACHE.get() {
+            c.set_vector_cache(Arc::clone(cache));
+        }
+        Mutex::new(c)
+    });
     // A panic elsewhere while holding the lock leaves consistent-enough state for lookups.
     let mut guard = cell
         .lock()
