@@ -534,7 +534,7 @@ mod tests {
             store.now_ms.store(t, Ordering::SeqCst);
             for (i, (e, n)) in enforcers.iter_mut().zip(admitted.iter_mut()).enumerate() {
                 // Each refiller on its own phase, as independent tasks are.
-                if (t + 10 * i as u64) % 20 == 0 {
+                if (t + 10 * i as u64).is_multiple_of(20) {
                     e.refiller.sync(t).await;
                 }
                 *n += (0..per_step)
@@ -626,7 +626,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_cluster_bucket_rejects_with_its_wait_and_leases_expire() {
         let store = MemoryStore::default();
-        let mut es = vec![enforcer(&store, 1, 1.0, 3)];
+        let mut es = [enforcer(&store, 1, 1.0, 3)];
         // Bridge once (no lease yet), then lease what the store holds.
         assert_eq!(es[0].bucket.try_take(0), Ok(()));
         es[0].refiller.sync(20).await;
@@ -644,11 +644,12 @@ mod tests {
         assert!((1..=1_000).contains(&wait), "{wait}");
         assert_eq!(es[0].metrics.cluster_limit_bridged.get(), bridged);
         // Tokens leased and unused are gone after lease_ms.
-        let mut st = lock(&es[0].bucket.state);
-        st.tokens = 5;
-        st.starved = false;
-        st.expires_ms = 100;
-        drop(st);
+        {
+            let mut st = lock(&es[0].bucket.state);
+            st.tokens = 5;
+            st.starved = false;
+            st.expires_ms = 100;
+        }
         assert!(es[0].bucket.try_take(99).is_ok());
         assert_eq!(lock(&es[0].bucket.state).tokens, 4);
         es[0].refiller.sync(100).await;
