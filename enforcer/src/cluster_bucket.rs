@@ -108,6 +108,7 @@ struct LimitMetrics {
     fallback: IntCounter,
     bridged: IntCounter,
     leased: IntCounter,
+    requests: IntCounter,
     errors: IntCounterVec,
     connected: IntGauge,
 }
@@ -136,6 +137,7 @@ impl ClusterLimits {
                 fallback: metrics.cluster_limit_fallback.clone(),
                 bridged: metrics.cluster_limit_bridged.clone(),
                 leased: metrics.cluster_limit_leased.clone(),
+                requests: metrics.cluster_limit_lease_requests.clone(),
                 errors: metrics.redis_errors.clone(),
                 connected: metrics.redis_connected.clone(),
             },
@@ -182,6 +184,7 @@ impl ClusterLimits {
                 rate_estimate: 0.0,
                 last_plan_ms: now_ms,
                 last_demand_ms: None,
+                woken: false,
             }),
         });
         let mut all = lock(&self.buckets);
@@ -228,6 +231,16 @@ struct LeaseState {
     rate_estimate: f64,
     last_plan_ms: u64,
     last_demand_ms: Option<u64>,
+    /// The refiller was woken for this bucket since its last round: one wake per round, so
+    /// a spent lease does not turn every request into a Redis call.
+    woken: bool,
+}
+
+impl LeaseState {
+    /// Marks a wake; `false` when one is already pending.
+    fn wake(&mut self) -> bool {
+        !std::mem::replace(&mut self.woken, true)
+    }
 }
 
 impl SharedBucket {
@@ -248,14 +261,18 @@ impl SharedBucket {
         if st.tokens > 0 && now_ms < st.expires_ms {
             st.tokens -= 1;
             if st.tokens == st.low_water {
+                st.wake();
                 self.limits.wake.notify_one();
             }
             return Ok(());
         }
         st.tokens = 0;
-        self.limits.wake.notify_one();
         if st.starved {
+            // The cluster bucket is empty: the periodic round asks again, no sooner.
             return Err(st.wait_hint_ms.max(1));
+        }
+        if st.wake() {
+            self.limits.wake.notify_one();
         }
         self.limits.metrics.bridged.inc();
         st.share.try_take(now_ms)
@@ -269,6 +286,7 @@ impl SharedBucket {
         st.rate_estimate = 0.5 * st.rate_estimate + 0.5 * observed;
         st.demand = 0;
         st.last_plan_ms = now_ms;
+        st.woken = false;
         if now_ms >= st.expires_ms {
             st.tokens = 0;
         }
@@ -363,6 +381,7 @@ impl<S: BucketStore> Refiller<S> {
                 want,
                 ttl_ms: bucket.ttl_ms(),
             };
+            self.limits.metrics.requests.inc();
             match tokio::time::timeout(timeout, self.store.acquire(&request)).await {
                 Ok(Ok(grant)) => {
                     self.limits

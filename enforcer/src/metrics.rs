@@ -52,6 +52,8 @@ pub struct Metrics {
     pub cluster_limit_bridged: IntCounter,
     /// `enforcer_cluster_limit_leased_tokens_total`: tokens leased from cluster buckets.
     pub cluster_limit_leased: IntCounter,
+    /// `enforcer_cluster_limit_lease_requests_total`: lease round trips to Redis attempted.
+    pub cluster_limit_lease_requests: IntCounter,
     /// `enforcer_redis_errors_total{reason}`: failed Redis round trips (`connect`,
     /// `command`, `reply`, `timeout`).
     pub redis_errors: IntCounterVec,
@@ -162,6 +164,10 @@ impl Metrics {
                 "enforcer_cluster_limit_leased_tokens_total",
                 "Tokens leased from cluster-wide rate-limit buckets.",
             )?,
+            cluster_limit_lease_requests: IntCounter::new(
+                "enforcer_cluster_limit_lease_requests_total",
+                "Lease round trips to Redis attempted.",
+            )?,
             redis_errors: IntCounterVec::new(
                 Opts::new(
                     "enforcer_redis_errors_total",
@@ -192,6 +198,7 @@ impl Metrics {
         registry.register(Box::new(m.cluster_limit_fallback.clone()))?;
         registry.register(Box::new(m.cluster_limit_bridged.clone()))?;
         registry.register(Box::new(m.cluster_limit_leased.clone()))?;
+        registry.register(Box::new(m.cluster_limit_lease_requests.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.redis_connected.clone()))?;
         Ok(m)

@@ -19,13 +19,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use e2e::require_service;
 use enforcer::clock::Clock;
 use enforcer::cluster_bucket::{ClusterLimits, Refiller};
-use enforcer::config::ClusterLimitsConfig;
+use enforcer::config::{ClusterLimitsConfig, Config};
 use enforcer::metrics::Metrics;
 use enforcer::policy::{PolicyStore, RequestView, Verdict};
 use enforcer::redis_bucket::RedisBucketStore;
+use enforcer::server::Gateway;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
 use pipeline::redis_cache::{RedisCacheConfig, RedisVectorCache};
 use schemas::{Action, Conjunction, Dimensions, Policy, PolicySnapshot, Ratio, Slice};
 use tokio_util::sync::CancellationToken;
@@ -178,6 +183,86 @@ async fn two_enforcers_share_one_policy_bucket() {
         .expect("PTTL");
     assert!(ttl > 0, "bucket key ttl {ttl}");
     shutdown.cancel();
+}
+
+/// Two real enforcers (`Gateway` with `cluster_limits`) in front of the demo upstream, the
+/// same rate-limit policy applied to both, requests over HTTP to each in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_answer_429_beyond_the_cluster_wide_rate() {
+    let Some(url) = require_service("LAG_REDIS_URL") else {
+        return;
+    };
+    let prefix = unique_prefix("gateway");
+    let shutdown = CancellationToken::new();
+    let upstream = enforcer::demo::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        Default::default(),
+        shutdown.child_token(),
+    )
+    .await
+    .expect("demo upstream");
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nworkers: 1\nevents: {{sink: discard}}\n\
+             cluster_limits: {{redis_url: {url:?}, key_prefix: {prefix:?}, enforcers: 2}}\n\
+             routes:\n  - name: pay\n    upstreams: [\"http://{upstream}\"]\n"
+        );
+        let config = Config::parse(&yaml).expect("config");
+        let gw = Gateway::start(config, &prometheus::Registry::new(), shutdown.child_token())
+            .await
+            .expect("gateway");
+        gw.policies
+            .apply(&rate_limit_snapshot(), gw.clock.monotonic_ms())
+            .expect("applied");
+        gateways.push(gw);
+    }
+    let client: HttpClient<_, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut ok = [0usize; 2];
+    let mut limited = [0usize; 2];
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = Instant::now() + PHASE;
+    while Instant::now() < end {
+        tick.tick().await;
+        for (i, gw) in gateways.iter().enumerate() {
+            let uri: http::Uri = format!("http://{}/pay", gw.proxy_addr)
+                .parse()
+                .expect("uri");
+            let resp = client.get(uri).await.expect("request");
+            match resp.status().as_u16() {
+                200 => ok[i] += 1,
+                429 => limited[i] += 1,
+                s => panic!("status {s}"),
+            }
+            let _ = resp.into_body().collect().await;
+        }
+    }
+    let round_trips: Vec<u64> = gateways
+        .iter()
+        .map(|g| g.metrics.cluster_limit_lease_requests.get())
+        .collect();
+    eprintln!(
+        "two gateways, 2 s against 100/s cluster-wide: 200 {ok:?}, 429 {limited:?}, \
+         redis round trips {round_trips:?}"
+    );
+    // Whatever rate the debug build manages, the limit is cluster-wide: at most the rate
+    // plus burst and bridging in total, and both enforcers rejected some.
+    let total: usize = ok.iter().sum();
+    assert!(total <= *TOTAL_RANGE.end(), "200 {ok:?}, 429 {limited:?}");
+    assert!(limited.iter().all(|&n| n > 0), "429 {limited:?}");
+    for gw in &gateways {
+        assert!(gw.metrics.cluster_limit_leased.get() > 0);
+        // Leases are topped up about every 20 ms, not once per request.
+        let trips = gw.metrics.cluster_limit_lease_requests.get();
+        assert!(trips < 300, "{trips} round trips");
+        assert_eq!(gw.metrics.cluster_limit_fallback.get(), 0);
+    }
+    shutdown.cancel();
+    for gw in gateways {
+        gw.shutdown().await;
+    }
 }
 
 /// A redis-server of this test's own; killed on drop.
