@@ -5,6 +5,8 @@
 //! `template_id`, `template` and `cluster_of` share one process-wide [`FailureClusterer`]
 //! (the miner and the cluster index live as long as the process); the embedder is the one
 //! passed to [`install_embedder`] before first use, else the model-free n-gram embedder.
+//! With [`install_vector_cache`] (pipeline replicas sharing Redis), a new template's vector is
+//! looked up there before that embedder runs.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
