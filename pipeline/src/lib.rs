@@ -11,4 +11,5 @@ pub mod io;
 pub mod job;
 pub mod kafka;
 pub mod lifecycle;
+pub mod postgres;
 pub mod udf;
