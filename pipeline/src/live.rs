@@ -7,6 +7,7 @@ use enforcer::config::Config;
 use pipeline::embedded::{self, JobSource};
 use pipeline::job::JobConfig;
 use pipeline::kafka::KafkaSourceConfig;
+use pipeline::postgres::{self, PgSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::{LiveArgs, SourceChoice};
@@ -23,6 +24,27 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         init_logs();
+        let registry = prometheus::Registry::new();
+        // Before the job's first row: the SQL functions' clusterer restores from PostgreSQL
+        // and decides new templates through it.
+        let pg = match &args.pg_url {
+            None => None,
+            Some(url) => {
+                let mut settings = PgSettings::new(url.clone());
+                settings.schema = args.pg_schema.clone();
+                settings.event_retention =
+                    std::time::Duration::from_secs(args.pg_event_retention_secs);
+                let redacted = settings.redacted_url();
+                let registry_for_pg = registry.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    postgres::install(settings, &registry_for_pg)
+                })
+                .await
+                .context("starting the postgres index")?
+                .with_context(|| format!("postgres at {redacted}"))?;
+                Some(store)
+            }
+        };
         let shutdown = CancellationToken::new();
         if let Some(addr) = upstream {
             let up = enforcer::demo::start(addr, Default::default(), shutdown.child_token())
@@ -36,7 +58,6 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         };
         let mut job = JobConfig::new(args.sql);
         job.global_shadow = args.shadow;
-        let registry = prometheus::Registry::new();
         let source = match args.source {
             SourceChoice::Embedded => JobSource::Embedded,
             SourceChoice::Kafka => {
@@ -49,10 +70,11 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
                 JobSource::Kafka(k)
             }
         };
-        let e = embedded::start_with_source(
+        let e = embedded::start_distributed(
             config,
             job,
             source,
+            pg,
             args.api_listen,
             token.clone(),
             &registry,

@@ -2,8 +2,9 @@
 //!
 //! - `pipeline demo` — the embedded default: the demo upstream, the enforcer in front of it,
 //!   the windowed SQL job over its events and the operator API, in one process.
-//! - `pipeline run --config enforcer.yaml [--source kafka --kafka-brokers H:P]` — the same
-//!   without the demo upstream; with `--source kafka` the job reads the Kafka topics.
+//! - `pipeline run --config enforcer.yaml [--source kafka --kafka-brokers H:P] [--pg-url URL]` —
+//!   the same without the demo upstream; with `--source kafka` the job reads the Kafka topics,
+//!   with `--pg-url` new templates are clustered through PostgreSQL shared by all replicas.
 //! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
@@ -81,6 +82,19 @@ struct LiveArgs {
     /// Topic prefix for `--source kafka` (the enforcers' `events.kafka.topic_prefix`).
     #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
     kafka_topic_prefix: String,
+    /// PostgreSQL + pgvector (distributed mode): the replicas' shared cluster index, error
+    /// events with retention, similar-cluster search. `postgres://user:pass@host:port/db`.
+    /// Not read from LAG_PG_URL on purpose: `deploy/services.sh env` exports that in every
+    /// shell, and replicas that share a database share clusters.
+    #[arg(long, env = "LAG_PIPELINE_PG_URL", hide_env_values = true)]
+    pg_url: Option<String>,
+    /// Schema for the tables (created when missing); the server's default when unset.
+    /// Replicas that should agree on clusters use the same one.
+    #[arg(long, requires = "pg_url")]
+    pg_schema: Option<String>,
+    /// Error events older than this many seconds are deleted from PostgreSQL.
+    #[arg(long, default_value_t = 86_400, requires = "pg_url")]
+    pg_event_retention_secs: u64,
 }
 
 /// Where the live job reads records.

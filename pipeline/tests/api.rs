@@ -66,6 +66,7 @@ async fn start() -> (SocketAddr, Recorder, CancellationToken) {
             commands: job.commands(),
             token: TOKEN.into(),
             registry: None,
+            postgres: None,
         },
         shutdown.clone(),
     ));
@@ -128,7 +129,7 @@ fn the_document_references_schemas_that_exist() {
 async fn every_documented_operation_exists_and_needs_the_token() {
     let (addr, _, shutdown) = start().await;
     let ops = operations(&openapi());
-    assert_eq!(ops.len(), 8, "{ops:?}");
+    assert_eq!(ops.len(), 9, "{ops:?}");
     for (method, path) in &ops {
         let (status, body) = call(addr, method, path, "wrong", "{}").await;
         assert_eq!(status, 401, "{method} {path}: {body}");
@@ -136,6 +137,25 @@ async fn every_documented_operation_exists_and_needs_the_token() {
     }
     let (status, _) = call(addr, "GET", "/api/v1/nothing", TOKEN, "").await;
     assert_eq!(status, 404);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn similar_clusters_need_postgres() {
+    let (addr, _, shutdown) = start().await;
+    let (status, body) = call(
+        addr,
+        "GET",
+        "/api/v1/clusters/similar?message=redis%20refused&k=3",
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--pg-url"),
+        "{body}"
+    );
     shutdown.cancel();
 }
 
