@@ -495,3 +495,52 @@ fn an_unreachable_server_leaves_clustering_local_and_fails_fast() {
             >= 1
     );
 }
+
+#[tokio::test]
+async fn a_dropped_connection_is_replaced_on_a_later_call() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema("reconnect");
+    let name = format!("{schema}_app");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let s = store(&format!("{url}{sep}application_name={name}"), &schema);
+    s.ready().await.unwrap();
+    let v = NgramEmbedder::new(384).embed_one("redis refused");
+    assert!(s.similar(&v, 1).await.unwrap().is_empty());
+
+    // The server ends our session, as a restart or an operator would.
+    let db = client(&url, &schema).await;
+    let killed: Vec<bool> = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed, vec![true]);
+    // At most the call that finds the connection dead fails; the next one reconnects (and
+    // sets the schema again).
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let r = s.similar(&v, 1).await;
+        outcomes.push(r.is_ok());
+        if r.is_ok() {
+            break;
+        }
+    }
+    println!("calls after the kill: {outcomes:?}");
+    assert_eq!(outcomes.last(), Some(&true), "{outcomes:?}");
+    assert!(outcomes.len() <= 2, "{outcomes:?}");
+    let sessions: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 1);
+    drop_schema(&url, &schema).await;
+}

@@ -185,7 +185,10 @@ impl PgSettings {
             ));
         }
         config.connect_timeout(self.connect_timeout);
-        config.application_name("lag-pipeline");
+        // Operators find the pipeline's sessions by name, unless the URL names them.
+        if config.get_application_name().is_none() {
+            config.application_name("lag-pipeline");
+        }
         Ok(config)
     }
 
