@@ -24,6 +24,7 @@ use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 use crate::kafka::{KafkaSource, KafkaSourceConfig};
 use crate::postgres::PgStore;
 use crate::postgres::events::{self, PgTeeSource};
+use crate::postgres::policies::{self, PgPolicyPublisher};
 
 /// Publishes straight into an in-process enforcer's policy store.
 #[derive(Debug, Clone)]
@@ -237,7 +238,8 @@ fn spawn_job<P: PolicyPublisher + 'static>(
     Ok(())
 }
 
-/// Spawns the job; with PostgreSQL its error events are also written there.
+/// Spawns the job; with PostgreSQL its error events and published policies are also
+/// written there.
 fn run_job<S: RecordSource + 'static, P: PolicyPublisher + 'static>(
     job: Job,
     source: S,
@@ -256,6 +258,13 @@ fn run_job<S: RecordSource + 'static, P: PolicyPublisher + 'static>(
                 rx,
                 shutdown.child_token(),
             ));
+            let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(policies::run_writer(
+                Arc::clone(&store),
+                policy_rx,
+                shutdown.child_token(),
+            ));
+            let publisher = PgPolicyPublisher::new(publisher, policy_tx, Arc::clone(&store));
             tokio::spawn(job.run(PgTeeSource::new(source, tx, store), publisher, shutdown));
         }
     }

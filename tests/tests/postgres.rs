@@ -525,6 +525,9 @@ async fn a_dropped_connection_is_replaced_on_a_later_call() {
     let mut outcomes = Vec::new();
     for _ in 0..3 {
         let r = s.similar(&v, 1).await;
+        if let Err(e) = &r {
+            println!("{e}");
+        }
         outcomes.push(r.is_ok());
         if r.is_ok() {
             break;
@@ -542,5 +545,69 @@ async fn a_dropped_connection_is_replaced_on_a_later_call() {
         .unwrap()
         .get(0);
     assert_eq!(sessions, 1);
+    drop_schema(&url, &schema).await;
+}
+
+fn policy(id: &str, cluster: &str, now: i64) -> schemas::Policy {
+    schemas::Policy {
+        id: id.into(),
+        cluster_id: cluster.into(),
+        slice: schemas::Slice {
+            any: vec![schemas::Conjunction {
+                route: "payments".into(),
+                all: vec![],
+            }],
+        },
+        action: schemas::Action::Degrade,
+        signature: [1u64].into_iter().collect(),
+        severity: schemas::Ratio::new(0.5).unwrap(),
+        created_at_ms: now,
+        expires_at_ms: now + 300_000,
+        shadow: false,
+    }
+}
+
+#[tokio::test]
+async fn published_policies_are_recorded_and_withdrawn_ones_deactivated() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema("policies");
+    let s = store(&url, &schema);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let first = schemas::PolicySnapshot::new(
+        1,
+        now,
+        vec![policy("p-a", "c1", now), policy("p-b", "c2", now)],
+    )
+    .unwrap();
+    pipeline::postgres::policies::write(&s, &first)
+        .await
+        .unwrap();
+    let second = schemas::PolicySnapshot::new(2, now, vec![policy("p-b", "c2", now)]).unwrap();
+    pipeline::postgres::policies::write(&s, &second)
+        .await
+        .unwrap();
+    let db = client(&url, &schema).await;
+    let rows: Vec<(String, String, bool, String)> = db
+        .query(
+            "SELECT policy_id, policy_type, is_active, policy_config->>'cluster_id' \
+             FROM policies ORDER BY policy_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    println!("{rows:?}");
+    assert_eq!(
+        rows,
+        vec![
+            ("p-a".into(), "degrade".into(), false, "c1".into()),
+            ("p-b".into(), "degrade".into(), true, "c2".into()),
+        ]
+    );
     drop_schema(&url, &schema).await;
 }

@@ -15,7 +15,8 @@
 //! * **Restore** — [`PgStore::restore`] returns every template with its vector and cluster;
 //!   a restarted pipeline assigns them without embedding.
 //! * **Events and retention** — [`events`] writes the error events the job reads;
-//!   [`run_retention`] deletes those older than the configured age.
+//!   [`run_retention`] deletes those older than the configured age. [`policies`] records
+//!   every published policy and when it stopped being in force.
 //! * **Similar clusters** — [`PgStore::similar`] ranks clusters by cosine distance to a
 //!   vector (the API's `GET /api/v1/clusters/similar`).
 //!
@@ -26,6 +27,7 @@
 
 pub mod events;
 pub mod index;
+pub mod policies;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -270,6 +272,15 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether an error means the session is gone: the connection closed, or the server said
+/// so (SQLSTATE class 08, connection exception; class 57, operator intervention such as
+/// `pg_terminate_backend` or a shutdown).
+fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+}
+
 /// The adapter's metrics.
 #[derive(Debug, Clone)]
 pub struct PgMetrics {
@@ -511,7 +522,10 @@ impl PgStore {
             let mut guard = self.client.lock().await;
             let (client, _) = self.connected(&mut guard).await?;
             let r = f(client).await;
-            if client.is_closed() {
+            // The server ended the session (restart, failover, terminate): the next call
+            // connects anew, even before the connection task has noticed.
+            let closed = matches!(&r, Err(PgError::Query { source, .. }) if session_ended(source));
+            if closed || client.is_closed() {
                 *guard = None;
             }
             r
