@@ -611,3 +611,84 @@ async fn published_policies_are_recorded_and_withdrawn_ones_deactivated() {
     );
     drop_schema(&url, &schema).await;
 }
+
+#[tokio::test]
+async fn the_operator_api_answers_similar_clusters_from_postgres() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    use pipeline::api::{self, ApiState};
+    use pipeline::job::{Job, JobConfig};
+
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema("api");
+    // One replica's clusters (the n-gram embedder: the API embeds with the process-wide
+    // default, the same one).
+    let ids = {
+        let (url, schema) = (url.clone(), schema.clone());
+        tokio::task::spawn_blocking(move || {
+            let (mut c, _) = replica(&url, &schema, ngram());
+            MESSAGES
+                .iter()
+                .map(|m| c.process(m).unwrap().cluster_id)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
+    let job = Job::load(
+        JobConfig::new(vec![sql.into()]),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(api::serve(
+        listener,
+        ApiState {
+            decider: job.decider(),
+            commands: job.commands(),
+            token: "t".into(),
+            registry: None,
+            postgres: Some(Arc::new(store(&url, &schema))),
+        },
+        shutdown.clone(),
+    ));
+    let http: HttpClient<_, Empty<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let req = hyper::Request::get(format!("http://{addr}{path}"))
+                .header("authorization", "Bearer t")
+                .body(Empty::new())
+                .unwrap();
+            let resp = http.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (status, body) = get(
+        "/api/v1/clusters/similar?message=disk%20full%3A%20no%20space%20left%20on%20device%20%2Fopt&k=2"
+            .into(),
+    )
+    .await;
+    println!("{body}");
+    assert_eq!(status, 200, "{body}");
+    let clusters = body["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 2);
+    assert_eq!(clusters[0]["cluster_id"], ids[3].as_str());
+    assert_eq!(clusters[0]["failure_mode"], "no_space");
+    assert!(clusters[0]["distance"].as_f64().unwrap() < clusters[1]["distance"].as_f64().unwrap());
+    let (status, body) = get("/api/v1/clusters/similar?message=x&k=1000".into()).await;
+    assert_eq!(status, 400, "{body}");
+    shutdown.cancel();
+    drop_schema(&url, &schema).await;
+}
