@@ -90,6 +90,16 @@ async fn drop_schema(url: &str, schema: &str) {
         .unwrap();
 }
 
+/// Drops the schema even when the test fails (on its own thread: tests may be async).
+struct Cleanup(String, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (url, schema) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || runtime().block_on(drop_schema(&url, &schema))).join();
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,6 +111,7 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn migrations_apply_once_with_hnsw_indexes() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("migrate");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     // Two replicas starting together: one applies, the other waits on the lock and finds
     // nothing left to do.
     let (a, b) = (store(&url, &schema), store(&url, &schema));
@@ -176,6 +187,7 @@ async fn migrations_apply_once_with_hnsw_indexes() {
 fn two_replicas_racing_assign_the_same_clusters() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("race");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     // Both replicas meet every message at the same moment, in orders that interleave
     // differently: each new template is raced.
     let start = Arc::new(Barrier::new(2));
@@ -276,6 +288,7 @@ impl TextEmbedder for NoEmbedder {
 fn a_restarted_replica_restores_clusters_without_embedding() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("restore");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     let (mut first, restored) = replica(&url, &schema, ngram());
     assert_eq!(restored, 0);
     let before: Vec<String> = MESSAGES
@@ -340,6 +353,7 @@ fn event(id: &str, template_of: &str, age: Duration) -> ErrorEvent {
 fn events_link_to_clusters_and_retention_deletes_only_old_ones() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("retention");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     let (mut c, _) = replica(&url, &schema, ngram());
     let redis = c.process(MESSAGES[0]).unwrap().cluster_id;
     let rt = runtime();
@@ -407,6 +421,7 @@ fn events_link_to_clusters_and_retention_deletes_only_old_ones() {
 fn similar_clusters_rank_the_right_one_first_through_the_hnsw_index() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("similar");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     let (mut c, _) = replica(&url, &schema, ngram());
     let ids: Vec<String> = MESSAGES
         .iter()
@@ -500,6 +515,7 @@ fn an_unreachable_server_leaves_clustering_local_and_fails_fast() {
 async fn a_dropped_connection_is_replaced_on_a_later_call() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("reconnect");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     let name = format!("{schema}_app");
     let sep = if url.contains('?') { '&' } else { '?' };
     let s = store(&format!("{url}{sep}application_name={name}"), &schema);
@@ -571,6 +587,7 @@ fn policy(id: &str, cluster: &str, now: i64) -> schemas::Policy {
 async fn published_policies_are_recorded_and_withdrawn_ones_deactivated() {
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("policies");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     let s = store(&url, &schema);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -623,6 +640,7 @@ async fn the_operator_api_answers_similar_clusters_from_postgres() {
 
     let Some(url) = pg_url() else { return };
     let schema = unique_schema("api");
+    let _cleanup = Cleanup(url.clone(), schema.clone());
     // One replica's clusters (the n-gram embedder: the API embeds with the process-wide
     // default, the same one).
     let ids = {
