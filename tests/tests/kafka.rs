@@ -292,6 +292,40 @@ async fn committed_records_are_not_redelivered_and_uncommitted_ones_are() {
     );
 }
 
+/// A producer retry can write one event twice: the second copy (same `event_id`, another
+/// offset) is skipped and counted, so the windows count the failure once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_id_is_processed_once() {
+    let Some(brokers) = brokers() else { return };
+    let prefix = unique("dedup");
+    create_topics(&brokers, &prefix, 1, 1)
+        .await
+        .expect("topics");
+    let (a, b) = (error_event("r", 1), error_event("r", 2));
+    // a, b, then a again (a retried write).
+    produce(&brokers, &prefix, &[a.clone(), b.clone(), a.clone()]).await;
+    let marker = counts("r", 9);
+    produce(&brokers, &prefix, std::slice::from_ref(&marker)).await;
+    let (mut src, registry) = source(&brokers, &prefix, &format!("{prefix}g"));
+    let got = read_until(&mut src, "the marker", |g| {
+        g.iter().any(|r| r.record == marker)
+    })
+    .await;
+    let errors: Vec<_> = got
+        .iter()
+        .map(|r| r.record.clone())
+        .filter(|r| matches!(r, GatewayRecord::Error(_)))
+        .collect();
+    assert_eq!(errors, vec![a, b]);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("metrics text");
+    assert!(
+        text.contains(r#"pipeline_kafka_records_skipped_total{reason="duplicate"} 1"#),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_message_is_counted_and_skipped() {
     let Some(brokers) = brokers() else { return };
