@@ -247,11 +247,16 @@ impl Decider {
             self.tracked_mut(&cluster).last = Some(d);
         }
         if let Some(end) = closed_until_ms {
+            // Quiet: no row for that window, in this call or an earlier one (decisions from
+            // several engine replicas arrive in separate batches, some ahead of `end`).
             let quiet: Vec<String> = self
                 .clusters
-                .keys()
-                .filter(|c| !seen_at_latest.contains(*c))
-                .cloned()
+                .iter()
+                .filter(|(c, t)| {
+                    !seen_at_latest.contains(*c)
+                        && t.last.as_ref().is_none_or(|d| d.window_end_ms < end)
+                })
+                .map(|(c, _)| c.clone())
                 .collect();
             for c in quiet {
                 let id = policy_id(&c);
