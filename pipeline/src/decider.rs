@@ -247,16 +247,11 @@ impl Decider {
             self.tracked_mut(&cluster).last = Some(d);
         }
         if let Some(end) = closed_until_ms {
-            // Quiet: no row for that window, in this call or an earlier one (decisions from
-            // several engine replicas arrive in separate batches, some ahead of `end`).
             let quiet: Vec<String> = self
                 .clusters
-                .iter()
-                .filter(|(c, t)| {
-                    !seen_at_latest.contains(*c)
-                        && t.last.as_ref().is_none_or(|d| d.window_end_ms < end)
-                })
-                .map(|(c, _)| c.clone())
+                .keys()
+                .filter(|c| !seen_at_latest.contains(*c))
+                .cloned()
                 .collect();
             for c in quiet {
                 let id = policy_id(&c);
@@ -732,6 +727,28 @@ mod tests {
             // The job asks again before the next window closes: nothing new happened.
             assert!(
                 d.on_decisions(vec![], Some(t * S), t * S + 19)
+                    .snapshot
+                    .is_none()
+            );
+            assert_eq!(phase(&d), "ACTIVE", "at {t}");
+        }
+    }
+
+    #[test]
+    fn a_row_that_came_in_an_earlier_batch_is_not_a_quiet_window() {
+        // Distributed mode: replica A sends the row for window t before the slowest replica
+        // has closed window t; the closing batch (from B) carries no row for the cluster, and
+        // the window, already judged from A's row, must not be judged quiet.
+        let mut d = decider();
+        window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        for t in 3..12 {
+            assert!(
+                d.on_decisions(vec![decision(t, 60, brk(), true)], Some((t - 1) * S), t * S)
+                    .snapshot
+                    .is_none()
+            );
+            assert!(
+                d.on_decisions(vec![], Some(t * S), t * S + 1)
                     .snapshot
                     .is_none()
             );
