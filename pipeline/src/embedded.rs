@@ -23,8 +23,8 @@ use crate::io::{ChannelSource, IoError, PolicyPublisher, RecordSource};
 use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 use crate::kafka::{KafkaSource, KafkaSourceConfig};
 use crate::postgres::PgStore;
-use crate::postgres::events::{self, PgTeeSource};
-use crate::postgres::policies::{self, PgPolicyPublisher};
+use crate::postgres::events::PgTeeSource;
+use crate::postgres::policies::PgPolicyPublisher;
 
 /// Publishes straight into an in-process enforcer's policy store.
 #[derive(Debug, Clone)]
@@ -192,12 +192,7 @@ pub async fn start_distributed(
             )?;
         }
     }
-    if let Some(store) = &postgres {
-        tokio::spawn(crate::postgres::run_retention(
-            Arc::clone(store),
-            shutdown.child_token(),
-        ));
-    }
+
     tokio::spawn(api::serve(
         api_listener,
         ApiState {
@@ -252,26 +247,15 @@ fn run_job<S: RecordSource + 'static, P: PolicyPublisher + 'static>(
             tokio::spawn(job.run(source, publisher, shutdown));
         }
         Some(store) => {
-            let (tx, rx) = events::event_queue(&store);
-            tokio::spawn(events::run_writer(
-                Arc::clone(&store),
-                rx,
-                shutdown.child_token(),
-            ));
-            let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(policies::run_writer(
-                Arc::clone(&store),
-                policy_rx,
-                shutdown.child_token(),
-            ));
-            let publisher = PgPolicyPublisher::new(publisher, policy_tx, Arc::clone(&store));
-            tokio::spawn(job.run(PgTeeSource::new(source, tx, store), publisher, shutdown));
+            let (events, policies) = crate::postgres::start_writers(&store, &shutdown);
+            let publisher = PgPolicyPublisher::new(publisher, policies, Arc::clone(&store));
+            tokio::spawn(job.run(PgTeeSource::new(source, events, store), publisher, shutdown));
         }
     }
 }
 
 /// This replica's name in the etcd election: host and process id.
-fn instance_name() -> String {
+pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("{host}/{}", std::process::id())
 }

@@ -735,6 +735,32 @@ pub fn install(settings: PgSettings, registry: &Registry) -> Result<Arc<PgStore>
     Ok(Arc::new(PgStore::new(settings, metrics)?))
 }
 
+/// Starts this process's background writers on `store` — error events, published
+/// policies, retention — each ending with `shutdown`; returns the queues the job's source
+/// and publisher feed ([`events::PgTeeSource`], [`policies::PgPolicyPublisher`]).
+pub fn start_writers(
+    store: &Arc<PgStore>,
+    shutdown: &CancellationToken,
+) -> (
+    tokio::sync::mpsc::Sender<schemas::ErrorEvent>,
+    tokio::sync::mpsc::Sender<schemas::PolicySnapshot>,
+) {
+    let (events_tx, events_rx) = events::event_queue(store);
+    tokio::spawn(events::run_writer(
+        Arc::clone(store),
+        events_rx,
+        shutdown.child_token(),
+    ));
+    let (policies_tx, policies_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(policies::run_writer(
+        Arc::clone(store),
+        policies_rx,
+        shutdown.child_token(),
+    ));
+    tokio::spawn(run_retention(Arc::clone(store), shutdown.child_token()));
+    (events_tx, policies_tx)
+}
+
 /// Deletes old error events every `retention_every` until `shutdown`.
 pub async fn run_retention(store: Arc<PgStore>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(store.settings.retention_every);
