@@ -137,3 +137,68 @@ pub async fn write(store: &PgStore, events: &[ErrorEvent]) -> Result<(), PgError
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::ChannelSource;
+    use crate::postgres::{PgMetrics, PgSettings};
+
+    fn error(id: &str) -> GatewayRecord {
+        GatewayRecord::Error(ErrorEvent {
+            schema_version: schemas::event::EVENT_SCHEMA_VERSION,
+            event_id: id.into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            timestamp_ms: 1_700_000_000_000,
+            route: "payments".into(),
+            method: "POST".into(),
+            path: "/pay".into(),
+            upstream: "127.0.0.1:9000".into(),
+            status: 503,
+            error_kind: schemas::event::ErrorKind::Status,
+            message: "channel timeout".into(),
+            stack: vec![],
+            latency_ms: 1.0,
+            template_id: 1,
+            dimensions: Default::default(),
+            sample_rate: 1.0,
+            policy_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_job_gets_every_record_and_a_full_queue_drops_and_counts() {
+        let metrics =
+            PgMetrics::register(&prometheus::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
+        // Never connected: the tee only queues.
+        let store = Arc::new(
+            PgStore::new(PgSettings::new("postgres://u:p@127.0.0.1:1/db"), metrics)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (tx, mut rx) = mpsc::channel(2);
+        let (records_tx, records_rx) = mpsc::channel(16);
+        let counts = GatewayRecord::Counts(schemas::RouteCounts {
+            schema_version: schemas::event::EVENT_SCHEMA_VERSION,
+            second_ms: 1_700_000_000_000,
+            route: "payments".into(),
+            requests: 10,
+            errors: 3,
+            rejected: 0,
+        });
+        let sent = vec![error("a"), counts, error("b"), error("c")];
+        for r in &sent {
+            records_tx
+                .send(r.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut tee = PgTeeSource::new(ChannelSource(records_rx), tx, Arc::clone(&store));
+        assert_eq!(tee.next_batch(16).await, Some(sent));
+        let queued: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(queued, ["a", "b"], "errors only, up to the queue's bound");
+        assert_eq!(store.metrics().events_dropped.get(), 1);
+    }
+}
