@@ -3,7 +3,7 @@
 CARGO_TARGET_DIR ?= /var/cache/lag-target/ci
 export CARGO_TARGET_DIR
 
-.PHONY: help run test lint deps-check fmt arroyo-udfs arroyo-udfs-lint bench bench-overhead bench-scenarios services-up services-down
+.PHONY: help run test lint deps-check fmt arroyo-udfs arroyo-udfs-lint arroyo-job bench bench-overhead bench-scenarios services-up services-down
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 run: ## the embedded default: demo upstream + enforcer + SQL job + operator API in one process, no services (Ctrl-C stops)
@@ -22,6 +22,9 @@ arroyo-udfs: ## build the Arroyo UDF wrappers as the cdylibs Arroyo's compiler b
 			|| { echo "libarroyo_udf_$$n.so does not export __run"; exit 1; }; \
 	done; echo "arroyo-udfs: 5 cdylibs export __run"
 	cargo test $(ARROYO_UDFS) --all-targets
+arroyo-job: ## regenerate deploy/arroyo/*.json, the Arroyo job definitions (`pipeline submit --dry-run`)
+	cargo run -q -p pipeline -- submit --dry-run --unsupported skip --out deploy/arroyo/pipeline.json
+	cargo run -q -p pipeline -- submit --dry-run --unsupported keep --out deploy/arroyo/pipeline.full.json
 arroyo-udfs-lint: ## formatting and clippy of the Arroyo UDF wrappers
 	cargo fmt --all --manifest-path arroyo-udfs/Cargo.toml -- --check
 	cargo clippy $(ARROYO_UDFS) --all-targets -- -D warnings
