@@ -1,7 +1,7 @@
 //! The exported `__run` (the `#[udf]` batch loop Arroyo calls) gives, row for row, what
 //! `udfs::sql::template_id` gives, NULLs included.
 
-use arroyo_udf_harness::call_text;
+use arroyo_udf_harness::{call_text, LoadedUdf};
 use arroyo_udf_plugin::arrow::array::{Array, Int64Array};
 
 const ROWS: &[Option<&str>] = &[
@@ -39,5 +39,22 @@ fn the_rust_function_is_the_plain_function() {
             arroyo_udf_template_id::template_id(*row),
             udfs::sql::template_id(*row)
         );
+    }
+}
+
+/// The built cdylib, loaded as Arroyo's worker loads it, gives the same rows. (Its copy of the
+/// template miner and cluster index is its own, as on an Arroyo worker.)
+#[test]
+fn the_built_cdylib_gives_the_same_rows() {
+    let udf = LoadedUdf::from_target_dir("arroyo_udf_template_id").expect("the cdylib loads");
+    let out = udf.call_text(ROWS).expect("the UDF ran");
+    let a = out
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("the declared return type");
+    assert_eq!(a.len(), ROWS.len());
+    for (i, row) in ROWS.iter().enumerate() {
+        let got = (!a.is_null(i)).then(|| a.value(i));
+        assert_eq!(got, udfs::sql::template_id(*row), "row {i}: {row:?}");
     }
 }
