@@ -17,10 +17,10 @@ lint: deps-check arroyo-udfs-lint ## formatting, clippy (warnings are errors) an
 ARROYO_UDFS := --manifest-path arroyo-udfs/Cargo.toml --workspace
 arroyo-udfs: ## build the Arroyo UDF wrappers as the cdylibs Arroyo's compiler builds, check each exports __run, test them
 	cargo build $(ARROYO_UDFS)
-	@for n in mask_pii template_id template cluster_of embedding; do \
+	@for n in mask_pii template_id template cluster_of embedding request_row; do \
 		nm -D --defined-only "$(CARGO_TARGET_DIR)/debug/libarroyo_udf_$$n.so" | grep -q ' T __run$$' \
 			|| { echo "libarroyo_udf_$$n.so does not export __run"; exit 1; }; \
-	done; echo "arroyo-udfs: 5 cdylibs export __run"
+	done; echo "arroyo-udfs: 6 cdylibs export __run"
 	cargo test $(ARROYO_UDFS) --all-targets
 arroyo-job: ## regenerate deploy/arroyo/*.json, the Arroyo job definitions (`pipeline submit --dry-run`)
 	cargo run -q -p pipeline -- submit --dry-run --unsupported skip --out deploy/arroyo/pipeline.json

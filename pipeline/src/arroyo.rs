@@ -12,9 +12,9 @@
 //! - **The UDFs** are the wrapper crates under `arroyo-udfs/`, one definition each, with their
 //!   dependency header (`udfs` as a git dependency: it is not on crates.io).
 //!
-//! A query that calls one of our functions without an Arroyo wrapper (the slice learner:
-//! `learn_slice` takes lists and returns a struct, which Arroyo's `#[udf]` cannot express) is
-//! refused, skipped or kept, as [`Unsupported`] says.
+//! A query that calls one of our functions without an Arroyo wrapper (`learn_slice`: it takes
+//! lists and returns a struct, which Arroyo's `#[udf]` cannot express) is refused, skipped or
+//! kept, as [`Unsupported`] says.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -30,14 +30,16 @@ use crate::engine::{EngineError, JobSpec, QuerySpec, TableKind, TableSpec};
 /// One Arroyo wrapper: the SQL function it defines and its crate's `src/lib.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wrapper {
-    /// The SQL function name (as [`crate::udf::NAMES`] registers it).
+    /// The SQL function name, as [`crate::udf`] registers it.
     pub name: &'static str,
     /// The definition posted to Arroyo, dependency header included.
     pub source: &'static str,
 }
 
-/// The wrappers, in the order of [`crate::udf::NAMES`].
-pub const WRAPPERS: [Wrapper; 5] = [
+/// The wrappers: the text functions in the order of [`crate::udf::NAMES`], then the slice
+/// learner's `request_row`. `learn_slice` has none: it takes lists and returns a struct, and
+/// Arroyo's `#[udf]` takes and returns scalars (a `Vec` argument makes an aggregate).
+pub const WRAPPERS: [Wrapper; 6] = [
     Wrapper {
         name: "mask_pii",
         source: include_str!("../../arroyo-udfs/mask_pii/src/lib.rs"),
@@ -57,6 +59,10 @@ pub const WRAPPERS: [Wrapper; 5] = [
     Wrapper {
         name: "embedding",
         source: include_str!("../../arroyo-udfs/embedding/src/lib.rs"),
+    },
+    Wrapper {
+        name: "request_row",
+        source: include_str!("../../arroyo-udfs/request_row/src/lib.rs"),
     },
 ];
 

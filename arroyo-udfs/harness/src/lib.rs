@@ -3,7 +3,7 @@
 //! the same way. Tests of the wrapper crates use it, so what they check is the generated batch
 //! loop, not just the Rust function under it.
 
-use arroyo_udf_plugin::arrow::array::{make_array, Array, ArrayRef, StringArray};
+use arroyo_udf_plugin::arrow::array::{make_array, Array, ArrayData, ArrayRef, StringArray};
 use arroyo_udf_plugin::arrow::ffi::from_ffi;
 use arroyo_udf_plugin::{FfiArraySchema, FfiArrays, RunResult};
 
@@ -65,12 +65,21 @@ impl LoadedUdf {
     pub fn call_text(&self, rows: &[Option<&str>]) -> Result<ArrayRef, CallError> {
         call_text(self.run, rows)
     }
+
+    /// Runs the loaded `__run` over argument columns (see [`call`]).
+    pub fn call(&self, columns: Vec<ArrayData>) -> Result<ArrayRef, CallError> {
+        call(self.run, columns)
+    }
 }
 
 /// Runs `run` over one text column (`None` is NULL) and returns the result column.
 pub fn call_text(run: RunFn, rows: &[Option<&str>]) -> Result<ArrayRef, CallError> {
-    let input = StringArray::from(rows.to_vec());
-    let args = FfiArrays::from_vec(vec![input.into_data()]);
+    call(run, vec![StringArray::from(rows.to_vec()).into_data()])
+}
+
+/// Runs `run` over argument columns of equal length and returns the result column.
+pub fn call(run: RunFn, columns: Vec<ArrayData>) -> Result<ArrayRef, CallError> {
+    let args = FfiArrays::from_vec(columns);
     match run(args) {
         RunResult::Ok(FfiArraySchema(array, schema)) => {
             // SAFETY: `array` and `schema` were just produced by `to_ffi` inside the UDF

@@ -7,12 +7,13 @@
 use arroyo_udf_common::parse::ParsedUdf;
 use regex::Regex;
 
-const WRAPPERS: [&str; 5] = [
+const WRAPPERS: [&str; 6] = [
     "mask_pii",
     "template_id",
     "template",
     "cluster_of",
     "embedding",
+    "request_row",
 ];
 
 fn source(name: &str) -> String {
