@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod applier;
+pub mod arroyo;
 pub mod decider;
 pub mod decision;
 pub mod distributed;

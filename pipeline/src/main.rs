@@ -13,9 +13,12 @@
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
 //!   the labelled corpus.
+//! - `pipeline submit --arroyo URL [--dry-run] [--out FILE]` posts the same SQL and the UDF
+//!   wrappers to an Arroyo cluster (`POST /api/v1/pipelines`) and prints the pipeline id.
 
 mod live;
 mod offline;
+mod submit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -224,6 +227,8 @@ enum Command {
     },
     /// Print the evidence (dependency/mode) and cheap template of each stdin line.
     Explain,
+    /// Post the job's SQL and the UDF wrappers to an Arroyo cluster (or print the request).
+    Submit(submit::SubmitArgs),
 }
 
 fn main() -> ExitCode {
@@ -254,6 +259,7 @@ fn main() -> ExitCode {
             verbose,
         } => offline::eval(corpus, embedder, sweep, verbose),
         Command::Explain => offline::explain(),
+        Command::Submit(args) => submit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

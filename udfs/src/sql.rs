@@ -9,6 +9,9 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use schemas::Dimensions;
+use serde::{Deserialize, Serialize};
+
 use crate::cluster::{NgramEmbedder, TextEmbedder};
 use crate::clusterer::{ClustererStats, FailureClusterer};
 use crate::shared::{SharedClusterIndex, SharedIndexError};
@@ -89,6 +92,45 @@ pub fn embedding(text: Option<&str>) -> Option<Vec<u8>> {
     Some(pack_f32(&embed(text?)?))
 }
 
+/// One request as [`request_row`] encodes it for the slice learner (which decodes it back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRow {
+    /// The configured route name.
+    pub route: String,
+    /// HTTP method (empty when unknown).
+    pub method: String,
+    /// Upstream host (empty when unknown).
+    pub upstream: String,
+    /// The request's dimension values.
+    #[serde(default)]
+    pub dimensions: Dimensions,
+    /// Probability with which the request was sampled.
+    pub sample_rate: f64,
+}
+
+/// `request_row(route, method, upstream, dimensions_json, sample_rate) -> text`: one request's
+/// attributes as a JSON text, for `array_agg` lists the slice learner reads. NULL when `route`
+/// or `sample_rate` is NULL; a NULL method or upstream reads as empty; dimensions that are not
+/// a flat JSON string map contribute none rather than losing the row.
+pub fn request_row(
+    route: Option<&str>,
+    method: Option<&str>,
+    upstream: Option<&str>,
+    dimensions: Option<&str>,
+    sample_rate: Option<f64>,
+) -> Option<String> {
+    let row = RequestRow {
+        route: route?.to_owned(),
+        method: method.unwrap_or_default().to_owned(),
+        upstream: upstream.unwrap_or_default().to_owned(),
+        dimensions: dimensions
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default(),
+        sample_rate: sample_rate?,
+    };
+    serde_json::to_string(&row).ok()
+}
+
 /// Packs a vector as little-endian f32 bytes.
 pub fn pack_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -141,5 +183,29 @@ mod tests {
         );
         let huge = "x".repeat(1 << 20);
         assert!(template(Some(&huge)).is_some());
+    }
+
+    #[test]
+    fn request_rows_round_trip_and_tolerate_bad_dimensions() {
+        let text = request_row(
+            Some("orders"),
+            None,
+            Some("pay"),
+            Some(r#"{"body:channel":"alipay"}"#),
+            Some(0.5),
+        )
+        .unwrap_or_default();
+        let row: RequestRow = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(row.route, "orders");
+        assert_eq!(row.method, "");
+        assert_eq!(
+            row.dimensions.get("body:channel").map(String::as_str),
+            Some("alipay")
+        );
+        assert_eq!(row.sample_rate, 0.5);
+        let bad = request_row(Some("r"), Some("GET"), Some("u"), Some("[1,2]"), Some(1.0));
+        assert!(bad.is_some_and(|t| t.contains(r#""dimensions":{}"#)));
+        assert_eq!(request_row(None, None, None, None, Some(1.0)), None);
+        assert_eq!(request_row(Some("r"), None, None, None, None), None);
     }
 }
