@@ -15,6 +15,8 @@
 //!   trying to register the same name again.
 //! - The Dockerfiles: two stages on the pinned toolchain, a non-root USER, a HEALTHCHECK on
 //!   the admin port, the native build dependencies, and (pipeline) the model the binary loads.
+//! - Where promtool and amtool are installed, `promtool check config`, `promtool test rules`
+//!   (deploy/prometheus/alerts.test.yml) and `amtool check-config`.
 //!
 //! helm is looked up as `$LAG_HELM`, then `helm` on PATH, then `~/go/bin/helm`
 //! (`bash deploy/helm/install-helm.sh` installs it); without it the Helm checks are skipped,
@@ -638,16 +640,21 @@ fn kubernetes_manifests_have_the_essentials_and_the_plans_values() {
 
 // ---------------------------------------------------------------- Helm
 
-fn helm() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LAG_HELM").filter(|p| !p.is_empty()) {
+/// A tool named by `$var`, else on PATH, else in `~/go/bin` (where `go install` puts it).
+fn tool(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("helm"));
-    let in_go = std::env::var_os("HOME").map(|h| Path::new(&h).join("go/bin/helm"));
+        .map(|d| d.join(name));
+    let in_go = std::env::var_os("HOME").map(|h| Path::new(&h).join("go/bin").join(name));
     on_path.chain(in_go).find(|p| p.is_file())
+}
+
+fn helm() -> Option<PathBuf> {
+    tool("LAG_HELM", "helm")
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -1358,4 +1365,34 @@ fn dockerfiles_build_in_two_stages_and_run_as_non_root() {
             .any(|(op, a)| op == "COPY" && a == "sql /opt/lag/sql"),
         "the image has sql/"
     );
+}
+
+// ---------------------------------------------------------------- Prometheus's own tools
+
+/// promtool and amtool are not installed by CI (promtool takes about 6 minutes to build on
+/// 2 cores); where they are (`go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0`,
+/// `github.com/prometheus/alertmanager/cmd/amtool@v0.35.0`), they check the files and run the
+/// alert rules' unit tests (deploy/prometheus/alerts.test.yml).
+#[test]
+fn prometheus_tools_accept_the_config_and_the_rules_fire_as_tested() {
+    let dir = deploy().join("prometheus");
+    match tool("LAG_PROMTOOL", "promtool") {
+        Some(promtool) => {
+            run(Command::new(&promtool)
+                .args(["check", "config"])
+                .arg(dir.join("prometheus.yml")));
+            run(Command::new(&promtool)
+                .args(["test", "rules"])
+                .arg(dir.join("alerts.test.yml")));
+        }
+        None => eprintln!("SKIPPED: no promtool ($LAG_PROMTOOL, PATH, ~/go/bin)"),
+    }
+    match tool("LAG_AMTOOL", "amtool") {
+        Some(amtool) => {
+            run(Command::new(&amtool)
+                .arg("check-config")
+                .arg(dir.join("alertmanager.yml")));
+        }
+        None => eprintln!("SKIPPED: no amtool ($LAG_AMTOOL, PATH, ~/go/bin)"),
+    }
 }
