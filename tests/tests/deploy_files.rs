@@ -232,6 +232,46 @@ fn check_objects(objects: &Objects, namespaced: bool, source: &str) {
     let pipeline = check_deployment(objects, &PIPELINE, source);
     check_hpa(objects, &enforcer, source);
     check_services(objects, &enforcer, &pipeline, source);
+    check_network_policies(objects, &[&enforcer, &pipeline], source);
+}
+
+/// Each NetworkPolicy selects one of the Deployments' pods and names ports they have; the
+/// admin port is never open to everyone.
+fn check_network_policies(objects: &Objects, deployments: &[&Checked], source: &str) {
+    let mut seen = 0;
+    for np in objects.of_kind("NetworkPolicy") {
+        let what = format!("{source}: NetworkPolicy {:?}", np["metadata"]["name"]);
+        let selector = np["spec"]["podSelector"]["matchLabels"]
+            .as_mapping()
+            .expect("matchLabels");
+        let d = deployments
+            .iter()
+            .find(|d| {
+                selector.iter().all(|(k, v)| {
+                    d.pod_labels
+                        .get(k.as_str().unwrap_or_default())
+                        .map(String::as_str)
+                        == v.as_str()
+                })
+            })
+            .unwrap_or_else(|| panic!("{what}: selects no Deployment's pods"));
+        for rule in seq(&np["spec"]["ingress"]) {
+            for port in seq(&rule["ports"]) {
+                let name = scalar(&port["port"]).expect("port");
+                assert!(
+                    d.ports.contains_key(&name) || d.ports.values().any(|p| p.to_string() == name),
+                    "{what}: port {name} is not a port of {}",
+                    d.name
+                );
+                assert!(
+                    !(name == "admin" && rule["from"].is_null()),
+                    "{what}: the admin port (not authenticated) is open to everyone"
+                );
+            }
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "{source}: a NetworkPolicy for each Deployment");
 }
 
 /// What a checked Deployment tells the other checks.
