@@ -40,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 /// SEED.md, "Deployment": gateway replicas, requests and limits, HPA.
 const ENFORCER_REPLICAS: u64 = 3;
-const PIPELINE_REPLICAS: u64 = 2;
+/// Not the plan's 2: two replicas in one consumer group split the routes while only the etcd
+/// leader publishes (DEPLOY_NOTES.md, "Why one pipeline replica").
+const PIPELINE_REPLICAS: u64 = 1;
 const ENFORCER_REQUESTS: CpuMemory = ("200m", "256Mi");
 const ENFORCER_LIMITS: CpuMemory = ("500m", "512Mi");
 const HPA_MIN: u64 = 3;
@@ -744,6 +746,15 @@ fn helm_chart_lints_and_renders_what_the_manifests_have() {
         .next()
         .expect("HPA");
     assert_eq!(seq(&hpa["spec"]["metrics"]).len(), 2);
+
+    // A second pipeline replica is refused (DEPLOY_NOTES.md, "Why one pipeline replica").
+    let out = Command::new(&helm)
+        .args(["template", "lag", "--set", "pipeline.replicas=2"])
+        .arg(&chart)
+        .output()
+        .expect("helm");
+    assert!(!out.status.success(), "pipeline.replicas=2 must not render");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the etcd leader publishes"));
 }
 
 // ---------------------------------------------------------------- metric names
