@@ -13,6 +13,8 @@
 //!   pipeline's registries the way the binaries do, sends a request through the proxy and
 //!   reads `/metrics` from the admin listener; families with no series yet are confirmed by
 //!   trying to register the same name again.
+//! - The Grafana dashboard is a dashboard model: uid, title, schemaVersion, a Prometheus
+//!   datasource variable every target uses, panels with ids, grid positions and queries.
 //! - The Dockerfiles: two stages on the pinned toolchain, a non-root USER, a HEALTHCHECK on
 //!   the admin port, the native build dependencies, and (pipeline) the model the binary loads.
 //! - Where promtool and amtool are installed, `promtool check config`, `promtool test rules`
@@ -1149,6 +1151,66 @@ async fn every_metric_in_rules_and_dashboards_is_registered_by_the_binaries() {
         ),
     ];
     assert_eq!(exported.unknown(&wrong).len(), 3);
+}
+
+#[test]
+fn grafana_dashboard_is_a_dashboard_model_on_a_datasource_variable() {
+    for path in files(&deploy().join("grafana"), &[".json"]) {
+        let what = path.display().to_string();
+        let d: serde_json::Value = serde_json::from_str(&read(&path)).expect("JSON");
+        for key in ["uid", "title"] {
+            assert!(
+                d[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{what}: {key}"
+            );
+        }
+        assert!(
+            d["schemaVersion"].as_u64().is_some_and(|v| v >= 30),
+            "{what}: schemaVersion"
+        );
+        let vars = d["templating"]["list"].as_array().expect("templating.list");
+        let ds = vars
+            .iter()
+            .find(|v| v["type"] == "datasource" && v["query"] == "prometheus")
+            .unwrap_or_else(|| panic!("{what}: no Prometheus datasource variable"));
+        let ds_ref = format!("${{{}}}", ds["name"].as_str().expect("variable name"));
+        let mut ids = BTreeSet::new();
+        let mut targets = 0;
+        for p in d["panels"].as_array().expect("panels") {
+            let title = p["title"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(p["id"].as_u64().expect("panel id")),
+                "{what}: duplicate id at {title:?}"
+            );
+            let g = &p["gridPos"];
+            for k in ["x", "y", "w", "h"] {
+                assert!(g[k].as_u64().is_some(), "{what}: {title:?} gridPos.{k}");
+            }
+            assert!(
+                g["x"].as_u64().unwrap_or(0) + g["w"].as_u64().unwrap_or(0) <= 24,
+                "{what}: {title:?} wider than the grid"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            let ts = p["targets"].as_array().filter(|t| !t.is_empty());
+            let ts = ts.unwrap_or_else(|| panic!("{what}: {title:?} has no targets"));
+            for t in ts {
+                assert!(t["refId"].as_str().is_some(), "{what}: {title:?} refId");
+                assert!(
+                    t["expr"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{what}: {title:?} expr"
+                );
+                assert_eq!(
+                    t["datasource"]["uid"].as_str(),
+                    Some(ds_ref.as_str()),
+                    "{what}: {title:?} uses the datasource variable"
+                );
+                targets += 1;
+            }
+        }
+        assert!(targets >= 10, "{what}: {targets} targets");
+    }
 }
 
 #[test]
