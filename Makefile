@@ -9,6 +9,8 @@ help: ## list targets
 run: ## the embedded default: demo upstream + enforcer + SQL job + operator API in one process, no services (Ctrl-C stops)
 	cargo run --release -p pipeline -- demo --config deploy/enforcer.demo.yaml --sql sql/incident.sql
 test: ## run every test (what .ci/run calls)
+	# The multi-process test runs the binaries themselves: build them first.
+	cargo build -p enforcer -p pipeline --bins
 	cargo test --workspace --all-targets
 lint: deps-check ## formatting, clippy (warnings are errors) and the enforcer's dependency rule
 	cargo fmt --all -- --check

@@ -34,7 +34,8 @@ pub struct ApiState {
     pub commands: mpsc::Sender<CommandRequest>,
     /// The bearer token every request must carry.
     pub token: String,
-    /// The enforcer's metrics, for the shadow report (the embedded default shares one registry).
+    /// The process's metrics, served on `/metrics`; the shadow report reads the enforcer's
+    /// counters from it when an enforcer runs in the process (the embedded default).
     pub registry: Option<Registry>,
 }
 
@@ -50,7 +51,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/shadow/report", get(shadow_report))
         // Only matched routes ask for the token: an unknown path is a plain 404.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Probes and scrapes carry no token (added after the layer, so outside it).
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Liveness: the process answers.
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The job's metrics (and, in the embedded default, the enforcer's) in the text format.
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let Some(registry) = &s.registry else {
+        return (StatusCode::NOT_FOUND, "no metrics registry").into_response();
+    };
+    match prometheus::TextEncoder::new().encode_to_string(&registry.gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -240,7 +260,12 @@ pub struct ShadowLine {
 async fn shadow_report(
     State(s): State<ApiState>,
 ) -> Result<Json<BTreeMap<String, ShadowLine>>, ApiError> {
-    let Some(registry) = &s.registry else {
+    // The report reads the enforcer's counters; a job without an enforcer has none.
+    let enforcer_here = s
+        .registry
+        .as_ref()
+        .is_some_and(|r| r.gather().iter().any(|f| f.name().starts_with("enforcer_")));
+    let Some(registry) = s.registry.as_ref().filter(|_| enforcer_here) else {
         return Err(ApiError(
             StatusCode::NOT_IMPLEMENTED,
             "no enforcer in this process: read enforcer_shadow_* from each enforcer's /metrics"

@@ -195,7 +195,7 @@ fn spawn_job<P: PolicyPublisher + 'static>(
 }
 
 /// This replica's name in the etcd election: host and process id.
-fn instance_name() -> String {
+pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("{host}/{}", std::process::id())
 }

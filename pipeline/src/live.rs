@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use enforcer::config::Config;
+use pipeline::distributed::{self, ReplicaConfig};
 use pipeline::embedded::{self, JobSource};
+use pipeline::etcd::EtcdSettings;
 use pipeline::job::JobConfig;
 use pipeline::kafka::KafkaSourceConfig;
+use pipeline::policies_topic::PoliciesTopicConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::{LiveArgs, SourceChoice};
+use crate::{JobArgs, LiveArgs, SourceChoice};
 
 /// Runs until Ctrl-C / SIGTERM; with `upstream`, the demo upstream too.
 pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -86,6 +89,62 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         }
         tokio::spawn(shutdown_on_signal(shutdown));
         e.gateway.wait().await;
+        Ok(())
+    })
+}
+
+/// `pipeline job`: one distributed replica, until Ctrl-C / SIGTERM.
+pub fn replica(args: JobArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.etcd_endpoints.is_empty(),
+        "--etcd-endpoints (or LAG_ETCD_ENDPOINTS) is required"
+    );
+    udfs::sql::install_embedder(crate::offline::embedder(args.embedder)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        init_logs();
+        let shutdown = CancellationToken::new();
+        let (token, generated) = match args.api_token {
+            Some(t) if !t.is_empty() => (t, false),
+            _ => (random_token()?, true),
+        };
+        let instance = args.instance.unwrap_or_else(embedded::instance_name);
+        let mut kafka = KafkaSourceConfig::new(args.kafka_brokers.clone(), args.kafka_group);
+        kafka.topic_prefix = args.kafka_topic_prefix;
+        let mut etcd = EtcdSettings::new(args.etcd_endpoints, instance.clone());
+        etcd.prefix = args.etcd_prefix;
+        etcd.lease_ttl_s = args.etcd_lease_ttl_s;
+        let config = ReplicaConfig {
+            kafka,
+            policies: PoliciesTopicConfig {
+                brokers: args.kafka_brokers,
+                topic: args.policies_topic,
+                replica: instance.clone(),
+            },
+            etcd,
+        };
+        let mut job = JobConfig::new(args.sql);
+        job.global_shadow = args.shadow;
+        let registry = prometheus::Registry::new();
+        let r = distributed::start(
+            job,
+            config,
+            args.api_listen,
+            token.clone(),
+            &registry,
+            shutdown.clone(),
+        )
+        .await?;
+        eprintln!(
+            "pipeline replica {instance}: operator API on http://{api}/api/v1 (Authorization: Bearer {shown}); /health and /metrics without a token",
+            api = r.api_addr,
+            shown = if generated { token.as_str() } else { "<PIPELINE_API_TOKEN>" },
+        );
+        tokio::spawn(shutdown_on_signal(shutdown));
+        r.job.await.context("the job task")?;
         Ok(())
     })
 }
