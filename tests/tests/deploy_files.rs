@@ -5,14 +5,16 @@
 //!   and `helm template`, when a helm binary is found) have the essentials: apiVersion, kind,
 //!   name; Deployments with resources, a non-root security context, liveness on `/health` and
 //!   readiness on `/ready` on the admin port of the enforcer config they mount (parsed with
-//!   `enforcer::config::Config`), etcd and Kafka endpoints from env; the plan's replicas,
+//!   `enforcer::config::Config`; `pipeline job` serves `/health` on its API port), etcd and
+//!   Kafka endpoints from env, matching topic and etcd prefixes; the plan's replicas,
 //!   requests and limits; an HPA on the enforcer Deployment with the plan's 3-20, 70 % CPU,
 //!   80 % memory and 1000 requests per second.
 //! - Every metric named in a PromQL expression (alert rules, the prometheus-adapter rule, the
 //!   Grafana dashboard) is one the binaries register: the test builds the enforcer's and the
-//!   pipeline's registries the way the binaries do, sends a request through the proxy and
-//!   reads `/metrics` from the admin listener; families with no series yet are confirmed by
-//!   trying to register the same name again.
+//!   pipeline's registries the way `enforcer run` and `pipeline job` do (the latter against
+//!   real Kafka and etcd when `LAG_KAFKA_BROKERS` / `LAG_ETCD_ENDPOINTS` are set), sends a
+//!   request through the proxy and reads `/metrics`; families with no series yet are
+//!   confirmed by trying to register the same name again.
 //! - The Grafana dashboard is a dashboard model: uid, title, schemaVersion, a Prometheus
 //!   datasource variable every target uses, panels with ids, grid positions and queries.
 //! - The Dockerfiles: two stages on the pinned toolchain, a non-root USER, a HEALTHCHECK on
@@ -42,9 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 /// SEED.md, "Deployment": gateway replicas, requests and limits, HPA.
 const ENFORCER_REPLICAS: u64 = 3;
-/// Not the plan's 2: two replicas in one consumer group split the routes while only the etcd
-/// leader publishes (DEPLOY_NOTES.md, "Why one pipeline replica").
-const PIPELINE_REPLICAS: u64 = 1;
+const PIPELINE_REPLICAS: u64 = 2;
 const ENFORCER_REQUESTS: CpuMemory = ("200m", "256Mi");
 const ENFORCER_LIMITS: CpuMemory = ("500m", "512Mi");
 const HPA_MIN: u64 = 3;
@@ -192,6 +192,9 @@ type CpuMemory = (&'static str, &'static str);
 /// What one Deployment's container must look like.
 struct Expect {
     container: &'static str,
+    /// `enforcer run --config` (probes on the config's admin port, `/ready`) or
+    /// `pipeline job` (no config file; `/health` and `/metrics` on the `--api-listen` port).
+    runs_enforcer_config: bool,
     replicas: u64,
     /// Exact requests and limits, where the plan gives them.
     resources: Option<(CpuMemory, CpuMemory)>,
@@ -199,11 +202,13 @@ struct Expect {
 
 const ENFORCER: Expect = Expect {
     container: "enforcer",
+    runs_enforcer_config: true,
     replicas: ENFORCER_REPLICAS,
     resources: Some((ENFORCER_REQUESTS, ENFORCER_LIMITS)),
 };
 const PIPELINE: Expect = Expect {
     container: "pipeline",
+    runs_enforcer_config: false,
     replicas: PIPELINE_REPLICAS,
     resources: None,
 };
@@ -236,6 +241,7 @@ fn check_objects(objects: &Objects, namespaced: bool, source: &str) {
     let pipeline = check_deployment(objects, &PIPELINE, source);
     check_hpa(objects, &enforcer, source);
     check_services(objects, &enforcer, &pipeline, source);
+    check_prefixes_agree(&enforcer, &pipeline, source);
     check_network_policies(objects, &[&enforcer, &pipeline], source);
 }
 
@@ -284,7 +290,8 @@ struct Checked {
     pod_labels: BTreeMap<String, String>,
     /// Container port numbers by name.
     ports: BTreeMap<String, u64>,
-    config: Config,
+    /// The enforcer config it runs with (`--config`, env applied); `pipeline job` has none.
+    config: Option<Config>,
     env: BTreeMap<String, String>,
     args: Vec<String>,
 }
@@ -396,18 +403,90 @@ fn check_deployment(objects: &Objects, expect: &Expect, source: &str) -> Checked
         .map(|a| scalar(a).expect("args are scalars"))
         .collect();
 
-    // The config it runs with: the file behind --config, from a mounted ConfigMap, with the
-    // env overrides applied exactly as the binaries do.
-    let config_path = args
-        .iter()
-        .skip_while(|a| *a != "--config")
+    let (config, probe_port, ready_path) = if expect.runs_enforcer_config {
+        let config = mounted_config(objects, pod, c, &args, &env, &what);
+        // The probes reach the admin listener from outside the pod: it must not be loopback.
+        assert!(
+            config.admin_listen.ip().is_unspecified(),
+            "{what}: admin_listen on 0.0.0.0"
+        );
+        let port = u64::from(config.admin_listen.port());
+        (Some(config), port, "/ready")
+    } else {
+        // `pipeline job` reads the endpoints from env itself (clap); they must still be what
+        // the enforcer config accepts: validate them through the same code.
+        let mut probe = Config::parse(
+            "events: {sink: kafka, kafka: {brokers: \"k:1\"}}\npolicies: {source: etcd, etcd: {endpoints: [\"http://e:1\"]}}\nroutes: [{name: r, upstreams: [\"http://u:1\"]}]\n",
+        )
+        .expect("probe config");
+        probe
+            .apply_env(|k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{what}: endpoints from env: {e}"));
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("job"),
+            "{what}: runs `pipeline job`"
+        );
+        let api = flag(&args, "--api-listen").expect("--api-listen");
+        let api: SocketAddr = api.parse().expect("--api-listen address");
+        assert!(
+            api.ip().is_unspecified(),
+            "{what}: the API listens on 0.0.0.0"
+        );
+        (None, u64::from(api.port()), "/health")
+    };
+
+    // Liveness on /health and readiness on /ready (the pipeline has only /health), on the
+    // port the process serves them on (named or numbered).
+    for (probe, path) in [("livenessProbe", "/health"), ("readinessProbe", ready_path)] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{what}: {probe} path");
+        let port = match &get["port"] {
+            Value::String(n) => *ports
+                .get(n)
+                .unwrap_or_else(|| panic!("{what}: {probe} port {n} is not a container port")),
+            v => v.as_u64().expect("probe port"),
+        };
+        assert_eq!(
+            port, probe_port,
+            "{what}: {probe} on the port serving {path}"
+        );
+    }
+    Checked {
+        name,
+        pod_labels,
+        ports,
+        config,
+        env,
+        args,
+    }
+}
+
+/// The value after `name` in `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .skip_while(|a| *a != name)
         .nth(1)
-        .unwrap_or_else(|| panic!("{what}: --config in args {args:?}"));
-    let text = mounted_configmap_file(objects, pod, c, config_path, &what);
-    let mut config = Config::parse(&text).unwrap_or_else(|e| panic!("{what}: {config_path}: {e}"));
+        .map(String::as_str)
+}
+
+/// The enforcer config behind `--config`, from a mounted ConfigMap, with the env overrides
+/// applied exactly as the binaries do; it must take policies from etcd and send events to
+/// Kafka, with both endpoints from env.
+fn mounted_config(
+    objects: &Objects,
+    pod: &Value,
+    c: &Value,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    what: &str,
+) -> Config {
+    let path = flag(args, "--config").unwrap_or_else(|| panic!("{what}: --config in {args:?}"));
+    let text = mounted_configmap_file(objects, pod, c, path, what);
+    let mut config = Config::parse(&text).unwrap_or_else(|e| panic!("{what}: {path}: {e}"));
     let applied = config
         .apply_env(|k| env.get(k).cloned())
-        .unwrap_or_else(|e| panic!("{what}: {config_path} with its env: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: {path} with its env: {e}"));
     assert_eq!(
         applied,
         ["LAG_ETCD_ENDPOINTS", "LAG_KAFKA_BROKERS"],
@@ -423,36 +502,23 @@ fn check_deployment(objects: &Objects, expect: &Expect, source: &str) -> Checked
         SinkKind::Kafka,
         "{what}: events to Kafka"
     );
-    // The probes reach the admin listener from outside the pod, so it must not be loopback.
-    assert!(
-        config.admin_listen.ip().is_unspecified(),
-        "{what}: admin_listen on 0.0.0.0"
-    );
-    let admin_port = u64::from(config.admin_listen.port());
+    config
+}
 
-    // Liveness on /health and readiness on /ready, on the admin port (named or numbered).
-    for (probe, path) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
-        let get = &c[probe]["httpGet"];
-        assert_eq!(get["path"].as_str(), Some(path), "{what}: {probe} path");
-        let port = match &get["port"] {
-            Value::String(n) => *ports
-                .get(n)
-                .unwrap_or_else(|| panic!("{what}: {probe} port {n} is not a container port")),
-            v => v.as_u64().expect("probe port"),
-        };
-        assert_eq!(
-            port, admin_port,
-            "{what}: {probe} on the config's admin port"
-        );
-    }
-    Checked {
-        name,
-        pod_labels,
-        ports,
-        config,
-        env,
-        args,
-    }
+/// The pipeline reads the topics the enforcers write and publishes where they watch.
+fn check_prefixes_agree(enforcer: &Checked, pipeline: &Checked, source: &str) {
+    let config = enforcer.config.as_ref().expect("the enforcer's config");
+    let kafka = config.events.kafka.as_ref().expect("events.kafka");
+    let etcd = config.policies.etcd.as_ref().expect("policies.etcd");
+    let topic_prefix = flag(&pipeline.args, "--kafka-topic-prefix")
+        .unwrap_or(schemas::names::DEFAULT_TOPIC_PREFIX);
+    assert_eq!(
+        topic_prefix, kafka.topic_prefix,
+        "{source}: pipeline --kafka-topic-prefix"
+    );
+    let etcd_prefix =
+        flag(&pipeline.args, "--etcd-prefix").unwrap_or(schemas::names::ETCD_POLICY_PREFIX);
+    assert_eq!(etcd_prefix, etcd.prefix, "{source}: pipeline --etcd-prefix");
 }
 
 /// The container's env with `configMapKeyRef`s resolved against the manifests' ConfigMaps
@@ -626,21 +692,13 @@ fn check_services(objects: &Objects, enforcer: &Checked, pipeline: &Checked, sou
         .or_else(|| target.parse().ok());
     assert_eq!(
         target,
-        Some(u64::from(enforcer.config.listen.port())),
+        enforcer.config.as_ref().map(|c| u64::from(c.listen.port())),
         "{source}: Service → the proxy listener"
     );
 
-    // The pipeline: reads Kafka, the model where the image puts it, the API port exposed.
+    // The pipeline: the model where the image puts it, the API port exposed.
     let a = &pipeline.args;
-    assert!(
-        a.windows(2).any(|w| w == ["--source", "kafka"]),
-        "{source}: pipeline --source kafka"
-    );
-    let api = a
-        .iter()
-        .skip_while(|x| *x != "--api-listen")
-        .nth(1)
-        .expect("--api-listen");
+    let api = flag(a, "--api-listen").expect("--api-listen");
     let api: SocketAddr = api.parse().expect("--api-listen address");
     assert!(
         api.ip().is_unspecified(),
@@ -657,11 +715,7 @@ fn check_services(objects: &Objects, enforcer: &Checked, pipeline: &Checked, sou
         dockerfile_env("pipeline", "LAG_MODEL_DIR").as_deref(),
         "{source}: LAG_MODEL_DIR as in the image"
     );
-    let sql = a
-        .iter()
-        .skip_while(|x| *x != "--sql")
-        .nth(1)
-        .expect("--sql");
+    let sql = flag(a, "--sql").expect("--sql");
     let in_repo = sql
         .strip_prefix("/opt/lag/")
         .expect("--sql under /opt/lag (the image's copy of sql/)");
@@ -748,15 +802,6 @@ fn helm_chart_lints_and_renders_what_the_manifests_have() {
         .next()
         .expect("HPA");
     assert_eq!(seq(&hpa["spec"]["metrics"]).len(), 2);
-
-    // A second pipeline replica is refused (DEPLOY_NOTES.md, "Why one pipeline replica").
-    let out = Command::new(&helm)
-        .args(["template", "lag", "--set", "pipeline.replicas=2"])
-        .arg(&chart)
-        .output()
-        .expect("helm");
-    assert!(!out.status.success(), "pipeline.replicas=2 must not render");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only the etcd leader publishes"));
 }
 
 // ---------------------------------------------------------------- metric names
@@ -1030,8 +1075,35 @@ fn runnable(mut config: Config, upstream: SocketAddr) -> Config {
     config
 }
 
-/// Builds both binaries' registries the way `enforcer run` and `pipeline run --source kafka`
-/// do, with the config the Kubernetes manifests mount, and reads their /metrics.
+fn kafka_admin(
+    brokers: &str,
+) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("kafka admin client")
+}
+
+/// The decision topic `pipeline job` needs (deploy/services.sh creates the real `policies`).
+async fn create_topic(brokers: &str, topic: &str) {
+    let new = rdkafka::admin::NewTopic::new(topic, 1, rdkafka::admin::TopicReplication::Fixed(1));
+    let results = kafka_admin(brokers)
+        .create_topics(&[new], &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("create topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+async fn delete_topic(brokers: &str, topic: &str) {
+    let _ = kafka_admin(brokers)
+        .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
+        .await;
+}
+
+/// Builds both binaries' registries the way `enforcer run` and `pipeline job` do (the
+/// enforcer with the config the Kubernetes manifests mount), and reads their /metrics.
 async fn exported() -> Exported {
     let shutdown = CancellationToken::new();
     let upstream = enforcer::demo::start(any_port(), Default::default(), shutdown.child_token())
@@ -1066,37 +1138,77 @@ async fn exported() -> Exported {
     series.extend(found);
     histograms.extend(hist);
 
-    // pipeline run --source kafka: the in-process enforcer, the job and the Kafka source in
-    // one registry (pipeline/src/live.rs → embedded::start_with_source).
+    // pipeline job (pipeline/src/live.rs → distributed::start). With Kafka and etcd at hand
+    // (LAG_KAFKA_BROKERS / LAG_ETCD_ENDPOINTS: CI, `deploy/services.sh`), the real start —
+    // on topics, a group and an etcd prefix of its own — read over HTTP from its /metrics.
+    // Without them, the registrations distributed::start makes before it connects (Job::load,
+    // KafkaSource::new); it registers nothing after them.
     let pipeline_registry = prometheus::Registry::new();
-    let cfg = runnable(config, upstream);
-    let kafka = pipeline::kafka::KafkaSourceConfig::new("127.0.0.1:9", "deploy-files-test");
     let job = pipeline::job::JobConfig::new(vec![repo().join("sql/incident.sql")]);
-    let e = pipeline::embedded::start_with_source(
-        cfg,
-        job,
-        pipeline::embedded::JobSource::Kafka(kafka),
-        any_port(),
-        "token".to_owned(),
-        &pipeline_registry,
-        shutdown.child_token(),
-    )
-    .await
-    .expect("pipeline starts");
-    let (status, _) = get(&client, format!("http://{}/", e.gateway.proxy_addr)).await;
-    assert!(
-        status < 500,
-        "a request through the pipeline's enforcer: {status}"
+    let services = (
+        std::env::var("LAG_KAFKA_BROKERS")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        std::env::var("LAG_ETCD_ENDPOINTS")
+            .ok()
+            .filter(|v| !v.is_empty()),
     );
-    let (status, text) = get(&client, format!("http://{}/metrics", e.gateway.admin_addr)).await;
-    assert_eq!(status, 200);
-    let (found, hist) = scraped_series(&text);
-    series.extend(found);
-    histograms.extend(hist);
+    let mut replica = None;
+    if let (Some(brokers), Some(etcd)) = services {
+        let id = format!("deploy-files-{}", std::process::id());
+        let policies_topic = format!("{id}.policies");
+        create_topic(&brokers, &policies_topic).await;
+        let mut kafka = pipeline::kafka::KafkaSourceConfig::new(brokers.clone(), id.clone());
+        kafka.topic_prefix = format!("{id}.");
+        let endpoints = etcd.split(',').map(str::to_owned).collect();
+        let mut etcd = pipeline::etcd::EtcdSettings::new(endpoints, id.clone());
+        etcd.prefix = format!("/{id}/");
+        let config = pipeline::distributed::ReplicaConfig {
+            kafka,
+            policies: pipeline::policies_topic::PoliciesTopicConfig {
+                brokers: brokers.clone(),
+                topic: policies_topic.clone(),
+                replica: id,
+            },
+            etcd,
+        };
+        let r = pipeline::distributed::start(
+            job,
+            config,
+            any_port(),
+            "token".to_owned(),
+            &pipeline_registry,
+            shutdown.child_token(),
+        )
+        .await
+        .expect("pipeline job starts");
+        let (status, text) = get(&client, format!("http://{}/metrics", r.api_addr)).await;
+        assert_eq!(status, 200);
+        let (found, hist) = scraped_series(&text);
+        series.extend(found);
+        histograms.extend(hist);
+        replica = Some((r, policies_topic));
+    } else {
+        eprintln!(
+            "LAG_KAFKA_BROKERS / LAG_ETCD_ENDPOINTS unset: the pipeline's registrations without connecting"
+        );
+        pipeline::job::Job::load(job, &pipeline_registry)
+            .await
+            .expect("the job loads");
+        let kafka = pipeline::kafka::KafkaSourceConfig::new("127.0.0.1:9", "deploy-files-test");
+        pipeline::kafka::KafkaSource::new(&kafka, &pipeline_registry).expect("kafka source");
+    }
 
     shutdown.cancel();
     gw.wait().await;
-    e.gateway.wait().await;
+    if let Some((r, topic)) = replica {
+        r.job.await.expect("the job task");
+        delete_topic(
+            &std::env::var("LAG_KAFKA_BROKERS").unwrap_or_default(),
+            &topic,
+        )
+        .await;
+    }
     assert!(
         series.contains("gateway_request_duration_seconds_bucket"),
         "the histogram was scraped: {series:?}"
@@ -1233,25 +1345,36 @@ fn rules_name_real_scrape_jobs() {
             "rule file {f:?}"
         );
     }
-    // Each scrape job keeps the pods of one Deployment, on its admin port.
-    let k8s = read(&deploy().join("k8s/20-enforcer.yaml"))
-        + &read(&deploy().join("k8s/30-pipeline.yaml"));
+    // Each scrape job keeps the pods of one Deployment, on the port that serves its /metrics
+    // (the enforcer's admin port, the pipeline's API port).
+    let mut docs = Vec::new();
+    for path in files(&deploy().join("k8s"), &[".yaml"]) {
+        docs.extend(yaml_docs(&read(&path), &path.display().to_string()));
+    }
+    let objects = Objects(docs);
+    let metrics_port = BTreeMap::from([("lag-enforcer", "admin"), ("lag-pipeline", "api")]);
     for j in seq(&prom["scrape_configs"]) {
+        let job = s(&j["job_name"], "job_name");
         let keep: Vec<&str> = seq(&j["relabel_configs"])
             .iter()
             .filter(|r| r["action"].as_str() == Some("keep"))
             .filter_map(|r| r["regex"].as_str())
             .collect();
+        let d = objects
+            .of_kind("Deployment")
+            .find(|d| {
+                keep.contains(&s(
+                    &d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+                    job,
+                ))
+            })
+            .unwrap_or_else(|| panic!("{job}: keeps no Deployment's pods ({keep:?})"));
+        let port = metrics_port[job];
+        assert!(keep.contains(&port), "{job}: keeps port {port} ({keep:?})");
+        let ports = &d["spec"]["template"]["spec"]["containers"][0]["ports"];
         assert!(
-            keep.contains(&"admin"),
-            "{:?}: keeps the admin port",
-            j["job_name"]
-        );
-        assert!(
-            keep.iter()
-                .any(|k| k8s.contains(&format!("app.kubernetes.io/name: {k}"))),
-            "{:?}: keeps a Deployment's pods",
-            j["job_name"]
+            seq(ports).iter().any(|p| p["name"].as_str() == Some(port)),
+            "{job}: the Deployment has no port {port}"
         );
     }
     let mut used = BTreeSet::new();

@@ -32,6 +32,7 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "lag.selectorLabels" . }}
 {{- end -}}
 
+{{/* The enforcer's scrape annotations (its admin port). */}}
 {{- define "lag.scrapeAnnotations" -}}
 {{- if .Values.scrapeAnnotations }}
 prometheus.io/scrape: "true"
