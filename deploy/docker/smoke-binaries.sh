@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The closest this machine gets to running the containers (there is no Docker engine): both
-# binaries, as uid 10001, with the image's file layout (model, sql/, /etc/lag) under a scratch
-# root, the command lines of deploy/k8s, the k8s ConfigMap's enforcer config and the endpoints
-# from env (LAG_ETCD_ENDPOINTS / LAG_KAFKA_BROKERS), against the real etcd and Kafka of
-# `deploy/services.sh up etcd kafka`. Then 45 s of POST /pay (about 80 req/s on loopback) to
-# an upstream that does not exist, and it checks that the pipeline issued a policy through
-# Kafka and etcd and the enforcer rejected with it.
+# The closest this machine gets to running the containers (there is no Docker engine): one
+# enforcer and two `pipeline job` replicas, as uid 10001, with the image's file layout (model,
+# sql/, /etc/lag) under a scratch root, the command lines of deploy/k8s, the k8s ConfigMap's
+# enforcer config and the endpoints from env (LAG_ETCD_ENDPOINTS / LAG_KAFKA_BROKERS),
+# against the real etcd and Kafka of `deploy/services.sh up etcd kafka`. Then 45 s of POST
+# /pay (about 80 req/s on loopback) to an upstream that does not exist, and it checks that the
+# replicas issued a policy through Kafka and etcd and the enforcer rejected with it.
 #
 # Changed from the manifests, only to share the machine: listener ports, the Kafka topic
-# prefix (smoke-deploy.) and the etcd prefix (/lag-deploy-smoke/).
+# prefix (smoke-deploy.), the decision topic (smoke-deploy.policies) and the etcd prefix
+# (/lag-deploy-smoke/). The topics are created here (the record topics with equal partition
+# counts, as the pipeline's range assignment needs).
 # Usage: bash deploy/docker/smoke-binaries.sh   (needs python3 with PyYAML, curl, setpriv)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +37,7 @@ python3 - "$S" <<'PY'
 import sys, yaml
 root = sys.argv[1]
 text = yaml.safe_load(open("deploy/k8s/11-config.yaml"))["data"]["enforcer.yaml"]
-for name, listen, admin in (("enforcer", 18480, 19480), ("pipeline-enforcer", 18481, 19481)):
+for name, listen, admin in (("enforcer", 18480, 19480),):
     t = (text.replace("listen: 0.0.0.0:8080", f"listen: 0.0.0.0:{listen}")
              .replace("admin_listen: 0.0.0.0:9090", f"admin_listen: 0.0.0.0:{admin}")
              .replace('topic_prefix: "gateway."', 'topic_prefix: "smoke-deploy."')
@@ -44,24 +46,42 @@ for name, listen, admin in (("enforcer", 18480, 19480), ("pipeline-enforcer", 18
     open(f"{root}/etc/lag/{name}.yaml", "w").write(t)
 PY
 chmod -R a+rX "$S"
+
+# The topics (deploy/services.sh's Kafka tools, as deploy/services/verify.sh uses them).
+LIBS="$(ls -d "${LAG_SERVICES_CACHE:-/var/cache/lag-services}"/kafka-*/libs | tail -n1)"
+ktopics() { java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+  -Dlog4j2.configurationFile=deploy/services/kafka/tools-log4j2.properties -cp "$LIBS/*" \
+  org.apache.kafka.tools.TopicCommand --bootstrap-server "$LAG_KAFKA_BROKERS" "$@"; }
+for spec in smoke-deploy.error_events:2 smoke-deploy.traffic_samples:2 smoke-deploy.route_counts:2 smoke-deploy.policies:1; do
+  ktopics --create --if-not-exists --topic "${spec%%:*}" --partitions "${spec##*:}" --replication-factor 1 >/dev/null
+done
 # exec: the background job's pid is then the binary's, so the EXIT trap stops the binary.
 as_user() { exec setpriv --reuid=10001 --regid=10001 --clear-groups env HOME=/nonexistent RUST_LOG=info \
   LAG_ETCD_ENDPOINTS="$LAG_ETCD_ENDPOINTS" LAG_KAFKA_BROKERS="$LAG_KAFKA_BROKERS" "$@"; }
 
 (as_user "$S/bin/enforcer" run --config "$S/etc/lag/enforcer.yaml" 2>"$S/enforcer.log") &
 pids+=($!)
-(as_user env LAG_MODEL_DIR="$S/opt/lag/models/multilingual-e5-small-int8" PIPELINE_API_TOKEN=smoke HOSTNAME=smoke \
-  "$S/bin/pipeline" run --config "$S/etc/lag/pipeline-enforcer.yaml" --sql "$S/opt/lag/sql/incident.sql" \
-  --source kafka --kafka-group smoke-deploy --kafka-topic-prefix smoke-deploy. --api-listen 0.0.0.0:19482 \
-  2>"$S/pipeline.log") &
-pids+=($!)
+for i in 1 2; do
+  (as_user env LAG_MODEL_DIR="$S/opt/lag/models/multilingual-e5-small-int8" PIPELINE_API_TOKEN=smoke \
+    "$S/bin/pipeline" job --sql "$S/opt/lag/sql/incident.sql" --kafka-topic-prefix smoke-deploy. \
+    --kafka-group smoke-deploy --policies-topic smoke-deploy.policies --etcd-prefix /lag-deploy-smoke/ \
+    --instance "smoke-$i" --api-listen "0.0.0.0:1948$i" 2>"$S/pipeline-$i.log") &
+  pids+=($!)
+done
 
-for admin in 19480 19481; do
+for _ in $(seq 1 120); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19480/ready)" = 200 ] && break
+  sleep 0.5
+done
+echo "enforcer admin :19480  /health $(curl -s http://127.0.0.1:19480/health)  /ready $(curl -s http://127.0.0.1:19480/ready)"
+for port in 19481 19482; do
   for _ in $(seq 1 120); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/ready")" = 200 ] && break
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] && break
     sleep 0.5
   done
-  echo "admin :$admin  /health $(curl -s "http://127.0.0.1:$admin/health")  /ready $(curl -s "http://127.0.0.1:$admin/ready")"
+  echo "pipeline job :$port  /health $(curl -s "http://127.0.0.1:$port/health")" \
+    " API without token $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/api/v1/policies")" \
+    " with $(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer smoke' "http://127.0.0.1:$port/api/v1/policies")"
 done
 # The images' HEALTHCHECK command, against the enforcer's admin port.
 bash -c "exec 3<>/dev/tcp/127.0.0.1/19480 && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && head -n1 <&3 | grep -q ' 200 '" \
@@ -86,7 +106,9 @@ for t in threads: t.join()
 print("responses:", dict(counts))
 PY
 curl -s http://127.0.0.1:19480/metrics | grep -E '^(enforcer_policies_live|enforcer_policy_source_connected|rate_limit_hits_total)'
-curl -s http://127.0.0.1:19481/metrics | grep -E '^pipeline_(policy_changes_total\{change="issued"\}|snapshots_published_total)'
+for port in 19481 19482; do
+  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^pipeline_(policy_changes_total\{change="issued"\}|snapshots_published_total)' | sed "s/^/:$port /"
+done
 live="$(curl -s http://127.0.0.1:19480/metrics | awk '$1 == "enforcer_policies_live" {print $2}')"
 [ "${live:-0}" -ge 1 ] || { echo "FAILED: no policy reached the enforcer; logs in $S" >&2; exit 1; }
 echo "ok: a policy went pipeline -> etcd -> enforcer (logs in $S)"
