@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decider::{ClusterView, Mode};
 use crate::job::{Command, CommandRequest, SharedDecider, lock};
+use crate::postgres::PgStore;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -37,12 +38,15 @@ pub struct ApiState {
     /// The process's metrics, served on `/metrics`; the shadow report reads the enforcer's
     /// counters from it when an enforcer runs in the process (the embedded default).
     pub registry: Option<Registry>,
+    /// PostgreSQL in distributed mode (`--pg-url`), for similar-cluster search.
+    pub postgres: Option<std::sync::Arc<PgStore>>,
 }
 
 /// The routes, behind the token check.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/similar", get(similar))
         .route("/api/v1/clusters/{id}", get(cluster))
         .route("/api/v1/clusters/{id}/benign", put(benign))
         .route("/api/v1/policies", get(policies).post(force))
@@ -130,6 +134,61 @@ async fn cluster(
         .find(|c| c.cluster_id == id)
         .map(Json)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no cluster {id}")))
+}
+
+/// `GET /api/v1/clusters/similar?message=...&k=5`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimilarQuery {
+    message: String,
+    #[serde(default = "default_k")]
+    k: usize,
+}
+
+fn default_k() -> usize {
+    5
+}
+
+/// Most clusters one similar-cluster answer lists.
+const MAX_SIMILAR: usize = 100;
+
+async fn similar(
+    State(s): State<ApiState>,
+    q: Result<Query<SimilarQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(store) = s.postgres.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "no PostgreSQL in this pipeline: start it with --pg-url (LAG_PG_URL)".into(),
+        ));
+    };
+    let Query(q) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if q.message.trim().is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "message is empty".into()));
+    }
+    if !(1..=MAX_SIMILAR).contains(&q.k) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("k must be between 1 and {MAX_SIMILAR}"),
+        ));
+    }
+    // The model runs on a blocking thread, not on the server's workers.
+    let message = q.message;
+    let vector = tokio::task::spawn_blocking(move || udfs::sql::embed(&message))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the message could not be embedded".into(),
+            )
+        })?;
+    let clusters = store
+        .similar(&vector, q.k)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "clusters": clusters })))
 }
 
 /// The policies in force and the operator's overrides.

@@ -18,6 +18,9 @@ use crate::etcd::{EtcdPublisher, EtcdSettings};
 use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 use crate::kafka::{KafkaSource, KafkaSourceConfig};
 use crate::policies_topic::{DecisionConsumer, DecisionProducer, PoliciesTopicConfig};
+use crate::postgres::PgStore;
+use crate::postgres::events::PgTeeSource;
+use crate::postgres::policies::PgPolicyPublisher;
 
 /// A running replica.
 #[derive(Debug)]
@@ -35,6 +38,10 @@ pub struct Replica {
 /// What a replica connects to.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
+    /// PostgreSQL (`--pg-url`; attach the shared cluster index first with
+    /// [`crate::postgres::install`]): error events and published policies written there,
+    /// retention, similar-cluster search in the API.
+    pub postgres: Option<Arc<PgStore>>,
     /// The record topics and the consumer group.
     pub kafka: KafkaSourceConfig,
     /// The decision topic (brokers, topic, this replica's name).
@@ -69,8 +76,25 @@ pub async fn start(
         .with_context(|| format!("connecting to etcd at {endpoints:?}"))?;
     let decider = job.decider();
     let commands = job.commands();
-    let job =
-        tokio::spawn(job.run_distributed(source, out, decisions_in, publisher, shutdown.clone()));
+    let job = match &config.postgres {
+        None => tokio::spawn(job.run_distributed(
+            source,
+            out,
+            decisions_in,
+            publisher,
+            shutdown.clone(),
+        )),
+        Some(store) => {
+            let (events, policies) = crate::postgres::start_writers(store, &shutdown);
+            tokio::spawn(job.run_distributed(
+                PgTeeSource::new(source, events, Arc::clone(store)),
+                out,
+                decisions_in,
+                PgPolicyPublisher::new(publisher, policies, Arc::clone(store)),
+                shutdown.clone(),
+            ))
+        }
+    };
     tokio::spawn(api::serve(
         api_listener,
         ApiState {
@@ -78,6 +102,7 @@ pub async fn start(
             commands: commands.clone(),
             token: api_token,
             registry: Some(registry.clone()),
+            postgres: config.postgres.clone(),
         },
         shutdown,
     ));

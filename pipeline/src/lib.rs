@@ -13,4 +13,5 @@ pub mod job;
 pub mod kafka;
 pub mod lifecycle;
 pub mod policies_topic;
+pub mod postgres;
 pub mod udf;

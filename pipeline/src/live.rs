@@ -10,9 +10,10 @@ use pipeline::etcd::EtcdSettings;
 use pipeline::job::JobConfig;
 use pipeline::kafka::KafkaSourceConfig;
 use pipeline::policies_topic::PoliciesTopicConfig;
+use pipeline::postgres::{self, PgSettings, PgStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::{JobArgs, LiveArgs, SourceChoice};
+use crate::{JobArgs, LiveArgs, PgArgs, SourceChoice};
 
 /// Runs until Ctrl-C / SIGTERM; with `upstream`, the demo upstream too.
 pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -31,6 +32,8 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         init_logs();
+        let registry = prometheus::Registry::new();
+        let pg = start_postgres(&args.pg, &registry).await?;
         let shutdown = CancellationToken::new();
         if let Some(addr) = upstream {
             let up = enforcer::demo::start(addr, Default::default(), shutdown.child_token())
@@ -44,7 +47,6 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         };
         let mut job = JobConfig::new(args.sql);
         job.global_shadow = args.shadow;
-        let registry = prometheus::Registry::new();
         let source = match args.source {
             SourceChoice::Embedded => JobSource::Embedded,
             SourceChoice::Kafka => {
@@ -57,10 +59,11 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
                 JobSource::Kafka(k)
             }
         };
-        let e = embedded::start_with_source(
+        let e = embedded::start_distributed(
             config,
             job,
             source,
+            pg,
             args.api_listen,
             token.clone(),
             &registry,
@@ -93,6 +96,28 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
     })
 }
 
+/// With `--pg-url`, before the job's first row: the SQL functions' clusterer restores from
+/// PostgreSQL and decides new templates through it.
+async fn start_postgres(
+    args: &PgArgs,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<std::sync::Arc<PgStore>>> {
+    let Some(url) = &args.pg_url else {
+        return Ok(None);
+    };
+    let mut settings = PgSettings::new(url.clone());
+    settings.schema = args.pg_schema.clone();
+    settings.event_retention = std::time::Duration::from_secs(args.pg_event_retention_secs);
+    let redacted = settings.redacted_url();
+    let registry = registry.clone();
+    // Restoring blocks (up to the restore timeout) on the index's own thread.
+    let store = tokio::task::spawn_blocking(move || postgres::install(settings, &registry))
+        .await
+        .context("starting the postgres index")?
+        .with_context(|| format!("postgres at {redacted}"))?;
+    Ok(Some(store))
+}
+
 /// `pipeline job`: one distributed replica, until Ctrl-C / SIGTERM.
 pub fn replica(args: JobArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -117,7 +142,10 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
         let mut etcd = EtcdSettings::new(args.etcd_endpoints, instance.clone());
         etcd.prefix = args.etcd_prefix;
         etcd.lease_ttl_s = args.etcd_lease_ttl_s;
+        let registry = prometheus::Registry::new();
+        let postgres = start_postgres(&args.pg, &registry).await?;
         let config = ReplicaConfig {
+            postgres,
             kafka,
             policies: PoliciesTopicConfig {
                 brokers: args.kafka_brokers,
@@ -128,7 +156,6 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
         };
         let mut job = JobConfig::new(args.sql);
         job.global_shadow = args.shadow;
-        let registry = prometheus::Registry::new();
         let r = distributed::start(
             job,
             config,

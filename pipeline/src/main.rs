@@ -6,6 +6,9 @@
 //!   without the demo upstream; with `--source kafka` the job reads the Kafka topics.
 //! - `pipeline job --kafka-brokers H:P --etcd-endpoints URL` — one replica of the distributed
 //!   job, no enforcer: Kafka in, decisions through the `policies` topic, etcd out (the leader).
+//! - `--pg-url URL [--pg-schema NAME]` on `demo`, `run` and `job`: new templates are clustered
+//!   through PostgreSQL + pgvector, shared by every replica; events, policies, retention and
+//!   similar-cluster search there too.
 //! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
@@ -83,6 +86,27 @@ struct LiveArgs {
     /// Topic prefix for `--source kafka` (the enforcers' `events.kafka.topic_prefix`).
     #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
     kafka_topic_prefix: String,
+    #[command(flatten)]
+    pg: PgArgs,
+}
+
+/// PostgreSQL + pgvector, for `demo`, `run` and `job`.
+#[derive(Debug, Clone, clap::Args)]
+struct PgArgs {
+    /// PostgreSQL + pgvector (distributed mode): the replicas' shared cluster index, error
+    /// events and policies with retention, similar-cluster search.
+    /// `postgres://user:pass@host:port/db`. Not read from LAG_PG_URL on purpose:
+    /// `deploy/services.sh env` exports that in every shell, and replicas that share a
+    /// database share clusters.
+    #[arg(long, env = "LAG_PIPELINE_PG_URL", hide_env_values = true)]
+    pg_url: Option<String>,
+    /// Schema for the tables (created when missing); the server's default when unset.
+    /// Replicas that should agree on clusters use the same one.
+    #[arg(long, requires = "pg_url")]
+    pg_schema: Option<String>,
+    /// Error events older than this many seconds are deleted from PostgreSQL.
+    #[arg(long, default_value_t = 86_400)]
+    pg_event_retention_secs: u64,
 }
 
 /// `pipeline job`: what one distributed replica connects to.
@@ -128,6 +152,8 @@ struct JobArgs {
     /// Embedder for new templates in `cluster_of`.
     #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
     embedder: EmbedderChoice,
+    #[command(flatten)]
+    pg: PgArgs,
 }
 
 /// Where the live job reads records.

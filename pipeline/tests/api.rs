@@ -64,6 +64,7 @@ async fn start() -> (SocketAddr, Recorder, CancellationToken) {
             commands: job.commands(),
             token: TOKEN.into(),
             registry: Some(registry),
+            postgres: None,
         },
         shutdown.clone(),
     ));
@@ -126,7 +127,7 @@ fn the_document_references_schemas_that_exist() {
 async fn every_documented_operation_exists_and_needs_the_token() {
     let (addr, _, shutdown) = start().await;
     let ops = operations(&openapi());
-    assert_eq!(ops.len(), 10, "{ops:?}");
+    assert_eq!(ops.len(), 11, "{ops:?}");
     let open = ["/health", "/metrics"];
     for (method, path) in &ops {
         let (status, body) = call(addr, method, path, "wrong", "{}").await;
@@ -140,6 +141,25 @@ async fn every_documented_operation_exists_and_needs_the_token() {
     }
     let (status, _) = call(addr, "GET", "/api/v1/nothing", TOKEN, "").await;
     assert_eq!(status, 404);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn similar_clusters_need_postgres() {
+    let (addr, _, shutdown) = start().await;
+    let (status, body) = call(
+        addr,
+        "GET",
+        "/api/v1/clusters/similar?message=redis%20refused&k=3",
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--pg-url"),
+        "{body}"
+    );
     shutdown.cancel();
 }
 

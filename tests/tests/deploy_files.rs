@@ -1164,6 +1164,8 @@ async fn exported() -> Exported {
         let mut etcd = pipeline::etcd::EtcdSettings::new(endpoints, id.clone());
         etcd.prefix = format!("/{id}/");
         let config = pipeline::distributed::ReplicaConfig {
+            // PostgreSQL is optional (--pg-url); the manifests leave it off by default.
+            postgres: None,
             kafka,
             policies: pipeline::policies_topic::PoliciesTopicConfig {
                 brokers: brokers.clone(),

@@ -6,12 +6,13 @@
 //!    one policy, which both enforcers enforce on that channel only.
 //! 2. The leading pipeline is killed mid-incident: the other takes the etcd lead and keeps the
 //!    policy in force.
-//! 3. etcd stops: both enforcers keep serving with their last policies.
-//! 4. Kafka stops: both enforcers keep serving and count the events they drop.
+//! 3. The killed replica restarts: its clusters come back from PostgreSQL.
+//! 4. etcd stops: both enforcers keep serving with their last policies.
+//! 5. Kafka stops: both enforcers keep serving and count the events they drop.
 //!
 //! Needs the binaries (`cargo build -p enforcer -p pipeline`; `make test` builds them first),
 //! Debian's `etcd` and the Kafka jars `deploy/services.sh` installs. Skips when
-//! `LAG_KAFKA_BROKERS` / `LAG_ETCD_ENDPOINTS` are unset (services not installed), fails under
+//! `LAG_KAFKA_BROKERS` / `LAG_ETCD_ENDPOINTS` / `LAG_PG_URL` are unset (services not installed), fails under
 //! `CI=true`.
 
 use std::net::SocketAddr;
@@ -199,12 +200,14 @@ fn enforcer_yaml(port: u16, admin: u16, upstream: SocketAddr, brokers: &str, etc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
     // The shared services only say that Kafka and etcd are installed and expected here.
-    let (Some(_), Some(_)) = (
+    let (Some(_), Some(_), Some(pg_url)) = (
         require_service("LAG_KAFKA_BROKERS"),
         require_service("LAG_ETCD_ENDPOINTS"),
+        require_service("LAG_PG_URL"),
     ) else {
         return;
     };
+    let pg_schema = format!("lag_multiprocess_{}", std::process::id());
     let enforcer_bin = binary("enforcer");
     let pipeline_bin = binary("pipeline");
     let dir = std::env::temp_dir().join(format!("lag-multiprocess-{}", std::process::id()));
@@ -250,14 +253,12 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         proxies.push(SocketAddr::from(([127, 0, 0, 1], port)));
         admins.push(format!("http://127.0.0.1:{admin}"));
     }
-    // Two pipeline replicas in one consumer group.
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
-    let mut pipelines = Vec::new();
-    let mut apis = Vec::new();
-    for i in 1..=2 {
-        let api = free_port();
-        pipelines.push(Proc::spawn(
-            &format!("p{i}"),
+    // Two pipeline replicas in one consumer group, sharing one cluster index in PostgreSQL.
+    let api_ports = [free_port(), free_port()];
+    let replica = |i: usize, log: &str| {
+        let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
+        Proc::spawn(
+            log,
             &dir,
             Command::new(&pipeline_bin)
                 .arg("job")
@@ -265,13 +266,18 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
                 .args(["--etcd-endpoints", &etcd_url])
                 .args(["--etcd-lease-ttl-s", "3"])
                 .args(["--instance", &format!("p{i}")])
-                .args(["--api-listen", &format!("127.0.0.1:{api}")])
+                .args(["--api-listen", &format!("127.0.0.1:{}", api_ports[i - 1])])
                 .args(["--api-token", TOKEN])
                 .args(["--sql", sql])
+                .args(["--pg-url", &pg_url, "--pg-schema", &pg_schema])
                 .env("RUST_LOG", "info"),
-        ));
-        apis.push(format!("http://127.0.0.1:{api}"));
-    }
+        )
+    };
+    let mut pipelines = vec![replica(1, "p1"), replica(2, "p2")];
+    let apis: Vec<String> = api_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
     let client: Http = HttpClient::builder(TokioExecutor::new()).build_http();
     let all: Vec<&Proc> = enforcers.iter().chain(&pipelines).collect();
     for admin in &admins {
@@ -448,7 +454,63 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         killed_at.elapsed().as_secs_f64()
     );
 
-    // 3. etcd stops: the enforcers keep their last policies and keep serving.
+    // 3. The killed replica restarts: its clusters come back from PostgreSQL (restored at
+    //    start, before it reads a record), and it names the failure's cluster as the
+    //    survivor does.
+    let similar = |api: String| {
+        let c = client.clone();
+        async move {
+            let q = "dial%20tcp%2010.0.3.77:5432:%20connect:%20connection%20refused%20(channel%20alipay)";
+            let (status, body) = get_text(
+                &c,
+                &format!("{api}/api/v1/clusters/similar?message={q}&k=1"),
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(status, 200, "{api}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            v["clusters"][0]["cluster_id"].as_str().map(str::to_owned)
+        }
+    };
+    let before = similar(apis[survivor].clone())
+        .await
+        .expect("a similar cluster");
+    pipelines[dead] = replica(dead + 1, &format!("p{}-restarted", dead + 1));
+    let restarted = &pipelines[dead];
+    eventually(
+        "the restarted replica restores its clusters",
+        Duration::from_secs(60),
+        &[restarted],
+        || {
+            let log = restarted.log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.contains("shared cluster index attached")
+                            && serde_json::from_str::<serde_json::Value>(l)
+                                .ok()
+                                .and_then(|v| v["fields"]["restored"].as_u64())
+                                .is_some_and(|n| n > 0)
+                    })
+            }
+        },
+    )
+    .await;
+    let after = similar(apis[dead].clone())
+        .await
+        .expect("a similar cluster");
+    assert_eq!(
+        after, before,
+        "the restarted replica names the same cluster"
+    );
+    println!(
+        "p{} restarted: clusters restored from PostgreSQL; {after} again",
+        dead + 1
+    );
+
+    // 4. etcd stops: the enforcers keep their last policies and keep serving.
     etcd.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (p, admin) in proxies.iter().zip(&admins) {
@@ -463,7 +525,7 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         );
     }
 
-    // 4. Kafka stops: requests are still served; the events they make are dropped and counted.
+    // 5. Kafka stops: requests are still served; the events they make are dropped and counted.
     let dropped_before: Vec<f64> = {
         let mut v = Vec::new();
         for admin in &admins {
@@ -483,12 +545,13 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         "100 requests served with Kafka down in {:.2} s",
         kafka_down.elapsed().as_secs_f64()
     );
+    let enforcer_procs: Vec<&Proc> = enforcers.iter().collect();
     for (i, admin) in admins.iter().enumerate() {
         let before = dropped_before[i];
         eventually(
             "the enforcer counts the events Kafka did not take",
             Duration::from_secs(20),
-            &live,
+            &enforcer_procs,
             || {
                 let c = client.clone();
                 let url = format!("{admin}/metrics");
@@ -504,5 +567,12 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
     }
     shutdown.cancel();
     let _ = load.await;
+    drop(pipelines);
+    if let Ok((pg, conn)) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = pg
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {pg_schema} CASCADE"))
+            .await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

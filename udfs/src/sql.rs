@@ -4,12 +4,14 @@
 //!
 //! `template_id`, `template` and `cluster_of` share one process-wide [`FailureClusterer`]
 //! (the miner and the cluster index live as long as the process); the embedder is the one
-//! passed to [`install_embedder`] before first use, else the model-free n-gram embedder.
+//! passed to [`install_embedder`] before first use, else the model-free n-gram embedder. In
+//! distributed mode [`install_shared_index`] attaches the replicas' shared cluster index.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cluster::{NgramEmbedder, TextEmbedder};
-use crate::clusterer::FailureClusterer;
+use crate::clusterer::{ClustererStats, FailureClusterer};
+use crate::shared::{SharedClusterIndex, SharedIndexError};
 
 /// Longest input the functions look at; longer text is cut (at a char boundary).
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
@@ -26,13 +28,32 @@ fn embedder() -> &'static Arc<dyn TextEmbedder> {
     EMBEDDER.get_or_init(|| Arc::new(NgramEmbedder::new(384)))
 }
 
-fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> Option<T>) -> Option<T> {
+fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> T) -> T {
     let cell = CLUSTERER.get_or_init(|| Mutex::new(FailureClusterer::new(Arc::clone(embedder()))));
     // A panic elsewhere while holding the lock leaves consistent-enough state for lookups.
     let mut guard = cell
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut guard)
+}
+
+/// Attaches a shared cluster index to the process-wide clusterer (install the embedder
+/// first) and restores the templates it holds; returns how many. On an error the index
+/// stays attached and later look-ups go through it.
+pub fn install_shared_index(index: Box<dyn SharedClusterIndex>) -> Result<usize, SharedIndexError> {
+    with_clusterer(|c| c.attach_shared_index(index))
+}
+
+/// What the process-wide clusterer did so far.
+pub fn clusterer_stats() -> ClustererStats {
+    with_clusterer(|c| c.stats())
+}
+
+/// The desensitized text's vector (the one `cluster_of` would compute for a new template).
+pub fn embed(text: &str) -> Option<Vec<f32>> {
+    let text = clean(text)?;
+    let private = schemas::text::desensitize(text);
+    embedder().embed_texts(&[private.as_ref()]).ok()?.pop()
 }
 
 fn clean(text: &str) -> Option<&str> {
@@ -65,10 +86,7 @@ pub fn cluster_of(text: Option<&str>) -> Option<String> {
 
 /// `embedding(text) -> bytea`: the desensitized text's vector as packed little-endian f32.
 pub fn embedding(text: Option<&str>) -> Option<Vec<u8>> {
-    let text = clean(text?)?;
-    let private = schemas::text::desensitize(text);
-    let v = embedder().embed_texts(&[private.as_ref()]).ok()?.pop()?;
-    Some(pack_f32(&v))
+    Some(pack_f32(&embed(text?)?))
 }
 
 /// Packs a vector as little-endian f32 bytes.
