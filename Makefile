@@ -3,7 +3,7 @@
 CARGO_TARGET_DIR ?= /var/cache/lag-target/ci
 export CARGO_TARGET_DIR
 
-.PHONY: help run test lint deps-check fmt arroyo-udfs arroyo-udfs-lint arroyo-job bench bench-overhead bench-scenarios services-up services-down
+.PHONY: help run test lint deps-check fmt arroyo-udfs arroyo-udfs-lint arroyo-job deploy-check bench bench-overhead bench-scenarios services-up services-down
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 run: ## the embedded default: demo upstream + enforcer + SQL job + operator API in one process, no services (Ctrl-C stops)
@@ -36,6 +36,8 @@ deps-check: ## the enforcer must never pull in the pipeline side (udfs, pipeline
 fmt: ## format the tree
 	cargo fmt --all
 	cargo fmt --all --manifest-path arroyo-udfs/Cargo.toml
+deploy-check: ## deploy/ against the code: manifests, Helm chart (installs helm once, ~3 min), Dockerfiles, metric names
+	LAG_HELM="$$(bash deploy/helm/install-helm.sh)" cargo test -p e2e --test deploy_files
 bench: ## criterion benchmarks of the hot paths
 	cargo bench -p enforcer
 bench-overhead: ## wrk: direct vs nginx vs enforcer with 50 inactive policies (installs wrk and nginx)

@@ -18,7 +18,12 @@ use crate::{JobArgs, LiveArgs, PgArgs, SourceChoice};
 /// Runs until Ctrl-C / SIGTERM; with `upstream`, the demo upstream too.
 pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
     // A bad config exits before anything starts, naming the field.
-    let config = Config::load(&args.config).with_context(|| args.config.display().to_string())?;
+    // LAG_ETCD_ENDPOINTS / LAG_KAFKA_BROKERS override the file's endpoints (deployments set them).
+    let mut config =
+        Config::load(&args.config).with_context(|| args.config.display().to_string())?;
+    config
+        .apply_env(|name| std::env::var(name).ok())
+        .with_context(|| args.config.display().to_string())?;
     // New templates are embedded by the process-wide clusterer the SQL's cluster_of uses.
     udfs::sql::install_embedder(crate::offline::embedder(args.embedder)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
