@@ -100,6 +100,9 @@ pub struct JobMetrics {
     pub phase: IntGaugeVec,
     /// `cluster_severity{cluster_id}` (the plan's name), in thousandths.
     pub severity: IntGaugeVec,
+    /// `cluster_size{cluster_id}` (the plan's name): the cluster's weighted errors in its
+    /// latest decision window (10 s); the ClusterSizeAnomaly alert watches it.
+    pub size: IntGaugeVec,
     /// `pipeline_late_rows_total` and other engine counters: `pipeline_engine_rows_total{kind}`.
     pub engine_rows: IntCounterVec,
     /// `pipeline_errors_total{stage}`: engine, decision, publish, source.
@@ -139,6 +142,13 @@ impl JobMetrics {
                 ),
                 &["cluster_id"],
             )?,
+            size: IntGaugeVec::new(
+                Opts::new(
+                    "cluster_size",
+                    "Weighted errors of each tracked cluster in its latest 10 s decision window.",
+                ),
+                &["cluster_id"],
+            )?,
             engine_rows: IntCounterVec::new(
                 Opts::new(
                     "pipeline_engine_rows_total",
@@ -159,6 +169,7 @@ impl JobMetrics {
         registry.register(Box::new(m.version.clone()))?;
         registry.register(Box::new(m.phase.clone()))?;
         registry.register(Box::new(m.severity.clone()))?;
+        registry.register(Box::new(m.size.clone()))?;
         registry.register(Box::new(m.engine_rows.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         Ok(m)
@@ -421,6 +432,7 @@ impl Job {
                 let _ = self.metrics.phase.remove_label_values(&[id.as_str(), p]);
             }
             let _ = self.metrics.severity.remove_label_values(&[id.as_str()]);
+            let _ = self.metrics.size.remove_label_values(&[id.as_str()]);
         }
     }
 
@@ -551,6 +563,11 @@ impl Job {
             m.severity
                 .with_label_values(&[id.as_str()])
                 .set((t.lifecycle.severity() * 1000.0).round() as i64);
+            m.size.with_label_values(&[id.as_str()]).set(
+                t.last
+                    .as_ref()
+                    .map_or(0, |d| i64::try_from(d.errors).unwrap_or(i64::MAX)),
+            );
         }
     }
 }
