@@ -476,10 +476,12 @@ $(tail -n 20 "$STATE/logs/kafka-format.log")"
   wait_for "kafka port" kafka_port_open kafka "$KAFKA_MAIN"
   wait_for kafka kafka_ready kafka "$KAFKA_MAIN"
   # Topics the product uses: the enforcer's Kafka sink writes gateway.* (events.kafka
-  # topic_prefix, keyed by route); SEED: error-events has 6 partitions.
+  # topic_prefix, keyed by route); SEED: error-events has 6 partitions. The three record
+  # topics need the same count: the pipeline's group assigns by range, so a route's errors,
+  # samples and counts (same key, same partition number) reach the same replica.
   local have; have="$(kafka_topics --list 2>/dev/null)"
   local spec name parts
-  for spec in gateway.error_events:6 gateway.traffic_samples:3 gateway.route_counts:3 \
+  for spec in gateway.error_events:6 gateway.traffic_samples:6 gateway.route_counts:6 \
               error-events:6 traffic-stats:3 policies:1; do
     name="${spec%%:*}"; parts="${spec##*:}"
     if ! grep -qx "$name" <<<"$have"; then

@@ -3,6 +3,8 @@
 #   direct  → upstream
 #   nginx   → upstream  (plain reverse proxy, keep-alive pool)
 #   enforcer→ upstream  (release build, 50 inactive policies loaded on the route)
+#   enforcer_kafka → upstream (the same, with `events.sink: kafka`), when LAG_KAFKA_BROKERS is
+#                       set (`eval "$(deploy/services.sh env)"`): the distributed mode's cost
 # Fixed rate (oha -q, open loop at 1,000 req/s) gives p50/p95/p99 latency; saturation (wrk)
 # gives maximum requests per second. Only 127.0.0.1 is ever targeted.
 #
@@ -25,7 +27,9 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/lag-overhead.XXXXXX)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/lag-target/ci}"
-UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 ADMIN_PORT=18184
+UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 ADMIN_PORT=18184 GWK_PORT=18185 ADMINK_PORT=18186
+PATHS="direct nginx enforcer"
+[ -n "${LAG_KAFKA_BROKERS:-}" ] && PATHS="$PATHS enforcer_kafka"
 
 pids=()
 cleanup() {
@@ -112,8 +116,22 @@ for _ in $(seq 1 50); do
 done
 curl -fsS "127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^enforcer_policies_live 50' || { echo "policies not loaded" >&2; exit 1; }
 
+if [ -n "${LAG_KAFKA_BROKERS:-}" ]; then
+  sed -e "s/127.0.0.1:$GW_PORT/127.0.0.1:$GWK_PORT/; s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$ADMINK_PORT/" \
+      -e "s|events: { sink: discard }|events: { sink: kafka, kafka: { brokers: \"$LAG_KAFKA_BROKERS\", topic_prefix: \"bench.\" } }|" \
+      "$WORK/enforcer.yaml" >"$WORK/enforcer-kafka.yaml"
+  RUST_LOG=warn "$BIN" run --config "$WORK/enforcer-kafka.yaml" 2>"$WORK/enforcer-kafka.log" &
+  pids+=($!)
+  wait_port "$GWK_PORT"
+  for _ in $(seq 1 50); do
+    curl -fsS "127.0.0.1:$ADMINK_PORT/metrics" | grep -q '^enforcer_policies_live 50' && break
+    sleep 0.1
+  done
+fi
+
 # Warm every path's connection pools.
-for port in $UP_PORT $NGINX_PORT $GW_PORT; do wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
+port_of() { case $1 in direct) echo $UP_PORT ;; nginx) echo $NGINX_PORT ;; enforcer) echo $GW_PORT ;; enforcer_kafka) echo $GWK_PORT ;; esac; }
+for name in $PATHS; do port=$(port_of "$name"); wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 
 fixed() { # port → "p50 p95 p99" in ms
   oha --no-tui --output-format json --latency-correction -q "$RATE" -c "$CONNS" -z "${DURATION}s" "http://127.0.0.1:$1/" |
@@ -124,8 +142,8 @@ saturate() { # port → requests/s
 }
 
 declare -A P50 P95 P99 RPS ACH
-for name in direct nginx enforcer; do
-  case $name in direct) port=$UP_PORT ;; nginx) port=$NGINX_PORT ;; enforcer) port=$GW_PORT ;; esac
+for name in $PATHS; do
+  port=$(port_of "$name")
   read -r P50[$name] P95[$name] P99[$name] ACH[$name] < <(fixed "$port")
   RPS[$name]=$(saturate "$port")
 done
@@ -134,7 +152,7 @@ echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); rate $RATE req/s for ${DURATION}s, $CONNS connections"
 printf '| path | p50 ms | p95 ms | p99 ms | added p50 ms | added p95 ms | added p99 ms | achieved req/s at fixed rate | max req/s (wrk) |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
-for name in direct nginx enforcer; do
+for name in $PATHS; do
   add() { python3 -c "print('%.3f' % ($1 - $2))"; }
   if [ "$name" = direct ]; then a50=-; a95=-; a99=-; else
     a50=$(add "${P50[$name]}" "${P50[direct]}"); a95=$(add "${P95[$name]}" "${P95[direct]}"); a99=$(add "${P99[$name]}" "${P99[direct]}"); fi

@@ -837,6 +837,11 @@ fn default_queue_capacity() -> usize {
     65_536
 }
 
+/// Overrides `policies.etcd.endpoints` (comma-separated) in [`Config::apply_env`].
+pub const ETCD_ENDPOINTS_ENV: &str = "LAG_ETCD_ENDPOINTS";
+/// Overrides `events.kafka.brokers` in [`Config::apply_env`].
+pub const KAFKA_BROKERS_ENV: &str = "LAG_KAFKA_BROKERS";
+
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -859,6 +864,43 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Applies the distributed mode's environment overrides, then validates again:
+    /// `LAG_ETCD_ENDPOINTS` (comma-separated URLs) replaces `policies.etcd.endpoints` when the
+    /// policy source is etcd, and `LAG_KAFKA_BROKERS` replaces `events.kafka.brokers` when the
+    /// sink is Kafka. One config file (a Kubernetes ConfigMap) then serves every environment,
+    /// the endpoints coming from the pod's env. Unset or empty variables change nothing, and
+    /// neither variable adds a section the file does not have. `var` looks a variable up
+    /// (`std::env::var` in the binaries); returns the names of the variables applied.
+    pub fn apply_env(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<&'static str>, ConfigError> {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let mut applied = Vec::new();
+        if self.policies.source == PolicySourceKind::Etcd
+            && let Some(etcd) = self.policies.etcd.as_mut()
+            && let Some(v) = set(ETCD_ENDPOINTS_ENV)
+        {
+            etcd.endpoints = v.split(',').map(|e| e.trim().to_owned()).collect();
+            applied.push(ETCD_ENDPOINTS_ENV);
+        }
+        if self.events.sink == SinkKind::Kafka
+            && let Some(kafka) = self.events.kafka.as_mut()
+            && let Some(v) = set(KAFKA_BROKERS_ENV)
+        {
+            kafka.brokers = v.trim().to_owned();
+            applied.push(KAFKA_BROKERS_ENV);
+        }
+        self.validate().map_err(|e| match e {
+            ConfigError::Invalid { path, message } => ConfigError::Invalid {
+                path: format!("{path} (from the environment)"),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(applied)
     }
 
     /// Checks what serde cannot.
@@ -1269,6 +1311,45 @@ mod tests {
         assert_eq!(l.lease_ms, 1_000);
         assert_eq!(l.request_timeout_ms, 50);
         assert!(Config::parse(MINIMAL).unwrap().cluster_limits.is_none());
+    }
+
+    #[test]
+    fn env_overrides_endpoints_only_where_the_file_uses_them() {
+        let env = |name: &str| match name {
+            "LAG_ETCD_ENDPOINTS" => Some("http://etcd-0:2379, http://etcd-1:2379".to_owned()),
+            "LAG_KAFKA_BROKERS" => Some("kafka-0:9092,kafka-1:9092".to_owned()),
+            _ => None,
+        };
+        let mut c = Config::parse(
+            "policies:\n  source: etcd\n  etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nevents: {sink: kafka, kafka: {brokers: \"127.0.0.1:9092\"}}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+        )
+        .unwrap();
+        let applied = c.apply_env(env).unwrap();
+        assert_eq!(applied, ["LAG_ETCD_ENDPOINTS", "LAG_KAFKA_BROKERS"]);
+        assert_eq!(
+            c.policies.etcd.unwrap().endpoints,
+            ["http://etcd-0:2379", "http://etcd-1:2379"]
+        );
+        assert_eq!(c.events.kafka.unwrap().brokers, "kafka-0:9092,kafka-1:9092");
+
+        // Embedded sink and source: the variables add nothing.
+        let mut plain = Config::parse(MINIMAL).unwrap();
+        assert!(plain.apply_env(env).unwrap().is_empty());
+        assert!(plain.policies.etcd.is_none() && plain.events.kafka.is_none());
+
+        // A bad value from the environment is refused like one in the file.
+        let mut c = Config::parse(
+            "policies:\n  source: etcd\n  etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nroutes:\n  - name: api\n    upstreams: [\"http://a:1\"]\n",
+        )
+        .unwrap();
+        let err = c
+            .apply_env(|n| (n == "LAG_ETCD_ENDPOINTS").then(|| "etcd-0:2379".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policies.etcd.endpoints[0] (from the environment)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,8 +59,13 @@ fn init_logs() {
         .init();
 }
 
+/// The file, with `LAG_ETCD_ENDPOINTS` / `LAG_KAFKA_BROKERS` applied (deployments set them).
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    let config = Config::load(path).and_then(|mut c| {
+        c.apply_env(|name| std::env::var(name).ok())?;
+        Ok(c)
+    });
+    config.map_err(|e| {
         eprintln!("error: {}: {e}", path.display());
         ExitCode::from(2)
     })

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decider::{ClusterView, Mode};
 use crate::job::{Command, CommandRequest, SharedDecider, lock};
+use crate::postgres::PgStore;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -34,14 +35,18 @@ pub struct ApiState {
     pub commands: mpsc::Sender<CommandRequest>,
     /// The bearer token every request must carry.
     pub token: String,
-    /// The enforcer's metrics, for the shadow report (the embedded default shares one registry).
+    /// The process's metrics, served on `/metrics`; the shadow report reads the enforcer's
+    /// counters from it when an enforcer runs in the process (the embedded default).
     pub registry: Option<Registry>,
+    /// PostgreSQL in distributed mode (`--pg-url`), for similar-cluster search.
+    pub postgres: Option<std::sync::Arc<PgStore>>,
 }
 
 /// The routes, behind the token check.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/similar", get(similar))
         .route("/api/v1/clusters/{id}", get(cluster))
         .route("/api/v1/clusters/{id}/benign", put(benign))
         .route("/api/v1/policies", get(policies).post(force))
@@ -50,7 +55,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/shadow/report", get(shadow_report))
         // Only matched routes ask for the token: an unknown path is a plain 404.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Probes and scrapes carry no token (added after the layer, so outside it).
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Liveness: the process answers.
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The job's metrics (and, in the embedded default, the enforcer's) in the text format.
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let Some(registry) = &s.registry else {
+        return (StatusCode::NOT_FOUND, "no metrics registry").into_response();
+    };
+    match prometheus::TextEncoder::new().encode_to_string(&registry.gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -110,6 +134,61 @@ async fn cluster(
         .find(|c| c.cluster_id == id)
         .map(Json)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no cluster {id}")))
+}
+
+/// `GET /api/v1/clusters/similar?message=...&k=5`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimilarQuery {
+    message: String,
+    #[serde(default = "default_k")]
+    k: usize,
+}
+
+fn default_k() -> usize {
+    5
+}
+
+/// Most clusters one similar-cluster answer lists.
+const MAX_SIMILAR: usize = 100;
+
+async fn similar(
+    State(s): State<ApiState>,
+    q: Result<Query<SimilarQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(store) = s.postgres.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "no PostgreSQL in this pipeline: start it with --pg-url (LAG_PG_URL)".into(),
+        ));
+    };
+    let Query(q) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if q.message.trim().is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "message is empty".into()));
+    }
+    if !(1..=MAX_SIMILAR).contains(&q.k) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("k must be between 1 and {MAX_SIMILAR}"),
+        ));
+    }
+    // The model runs on a blocking thread, not on the server's workers.
+    let message = q.message;
+    let vector = tokio::task::spawn_blocking(move || udfs::sql::embed(&message))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the message could not be embedded".into(),
+            )
+        })?;
+    let clusters = store
+        .similar(&vector, q.k)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "clusters": clusters })))
 }
 
 /// The policies in force and the operator's overrides.
@@ -240,7 +319,12 @@ pub struct ShadowLine {
 async fn shadow_report(
     State(s): State<ApiState>,
 ) -> Result<Json<BTreeMap<String, ShadowLine>>, ApiError> {
-    let Some(registry) = &s.registry else {
+    // The report reads the enforcer's counters; a job without an enforcer has none.
+    let enforcer_here = s
+        .registry
+        .as_ref()
+        .is_some_and(|r| r.gather().iter().any(|f| f.name().starts_with("enforcer_")));
+    let Some(registry) = s.registry.as_ref().filter(|_| enforcer_here) else {
         return Err(ApiError(
             StatusCode::NOT_IMPLEMENTED,
             "no enforcer in this process: read enforcer_shadow_* from each enforcer's /metrics"

@@ -735,6 +735,28 @@ mod tests {
     }
 
     #[test]
+    fn a_row_that_came_in_an_earlier_batch_is_not_a_quiet_window() {
+        // Distributed mode: replica A sends the row for window t before the slowest replica
+        // has closed window t; the closing batch (from B) carries no row for the cluster, and
+        // the window, already judged from A's row, must not be judged quiet.
+        let mut d = decider();
+        window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();
+        for t in 3..12 {
+            assert!(
+                d.on_decisions(vec![decision(t, 60, brk(), true)], Some((t - 1) * S), t * S)
+                    .snapshot
+                    .is_none()
+            );
+            assert!(
+                d.on_decisions(vec![], Some(t * S), t * S + 1)
+                    .snapshot
+                    .is_none()
+            );
+            assert_eq!(phase(&d), "ACTIVE", "at {t}");
+        }
+    }
+
+    #[test]
     fn a_slice_keeps_its_policy_when_the_sql_names_its_group_after_another_cluster() {
         let mut d = decider();
         window(&mut d, vec![decision(2, 60, brk(), true)], 2).unwrap();

@@ -24,8 +24,9 @@ pub const MAX_TEMPLATES: usize = 10;
 /// The sink the job reads decisions from.
 pub const SINK: &str = "cluster_decisions";
 
-/// What the SQL decided about one cluster in one window.
-#[derive(Debug, Clone, PartialEq)]
+/// What the SQL decided about one cluster in one window. Its JSON form travels on the
+/// `policies` topic between engine replicas and the applier ([`crate::policies_topic`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     /// End of the window, Unix ms.
     pub window_end_ms: i64,

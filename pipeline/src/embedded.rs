@@ -19,9 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::etcd::{EtcdPublisher, EtcdSettings};
-use crate::io::{ChannelSource, IoError, PolicyPublisher};
+use crate::io::{ChannelSource, IoError, PolicyPublisher, RecordSource};
 use crate::job::{CommandRequest, Job, JobConfig, SharedDecider};
 use crate::kafka::{KafkaSource, KafkaSourceConfig};
+use crate::postgres::PgStore;
+use crate::postgres::events::PgTeeSource;
+use crate::postgres::policies::PgPolicyPublisher;
 
 /// Publishes straight into an in-process enforcer's policy store.
 #[derive(Debug, Clone)]
@@ -99,6 +102,27 @@ pub async fn start_with_source(
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Embedded> {
+    start_distributed(
+        config, job, source, None, api_listen, api_token, registry, shutdown,
+    )
+    .await
+}
+
+/// [`start_with_source`], with PostgreSQL when `postgres` is given (distributed mode, see
+/// [`crate::postgres::install`], which attaches the shared cluster index first): the job's
+/// error events are written to it, old ones deleted, and the API answers similar-cluster
+/// queries from it.
+#[allow(clippy::too_many_arguments)] // one per edge of the process; a struct would only rename them
+pub async fn start_distributed(
+    config: Config,
+    job: JobConfig,
+    source: JobSource,
+    postgres: Option<Arc<PgStore>>,
+    api_listen: SocketAddr,
+    api_token: String,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Embedded> {
     match &source {
         JobSource::Embedded => anyhow::ensure!(
             config.events.sink == SinkKind::Embedded,
@@ -141,7 +165,14 @@ pub async fn start_with_source(
                 store: Arc::clone(&gateway.policies),
                 clock: gateway.clock,
             };
-            spawn_job(job, kafka, &mut gateway, publisher, shutdown.clone())?;
+            spawn_job(
+                job,
+                kafka,
+                &mut gateway,
+                publisher,
+                postgres.clone(),
+                shutdown.clone(),
+            )?;
         }
         Some(e) => {
             let mut settings = EtcdSettings::new(e.endpoints.clone(), instance_name());
@@ -151,9 +182,17 @@ pub async fn start_with_source(
             let publisher = EtcdPublisher::connect(settings)
                 .await
                 .with_context(|| format!("connecting to etcd at {:?}", e.endpoints))?;
-            spawn_job(job, kafka, &mut gateway, publisher, shutdown.clone())?;
+            spawn_job(
+                job,
+                kafka,
+                &mut gateway,
+                publisher,
+                postgres.clone(),
+                shutdown.clone(),
+            )?;
         }
     }
+
     tokio::spawn(api::serve(
         api_listener,
         ApiState {
@@ -161,6 +200,7 @@ pub async fn start_with_source(
             commands: commands.clone(),
             token: api_token,
             registry: Some(registry.clone()),
+            postgres,
         },
         shutdown,
     ));
@@ -178,24 +218,44 @@ fn spawn_job<P: PolicyPublisher + 'static>(
     kafka: Option<KafkaSource>,
     gateway: &mut Gateway,
     publisher: P,
+    postgres: Option<Arc<PgStore>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     match kafka {
-        Some(source) => {
-            tokio::spawn(job.run(source, publisher, shutdown));
-        }
+        Some(source) => run_job(job, source, publisher, postgres, shutdown),
         None => {
             let events = gateway
                 .take_events()
                 .context("the enforcer's event channel was already taken")?;
-            tokio::spawn(job.run(ChannelSource(events), publisher, shutdown));
+            run_job(job, ChannelSource(events), publisher, postgres, shutdown);
         }
     }
     Ok(())
 }
 
+/// Spawns the job; with PostgreSQL its error events and published policies are also
+/// written there.
+fn run_job<S: RecordSource + 'static, P: PolicyPublisher + 'static>(
+    job: Job,
+    source: S,
+    publisher: P,
+    postgres: Option<Arc<PgStore>>,
+    shutdown: CancellationToken,
+) {
+    match postgres {
+        None => {
+            tokio::spawn(job.run(source, publisher, shutdown));
+        }
+        Some(store) => {
+            let (events, policies) = crate::postgres::start_writers(&store, &shutdown);
+            let publisher = PgPolicyPublisher::new(publisher, policies, Arc::clone(&store));
+            tokio::spawn(job.run(PgTeeSource::new(source, events, store), publisher, shutdown));
+        }
+    }
+}
+
 /// This replica's name in the etcd election: host and process id.
-fn instance_name() -> String {
+pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("{host}/{}", std::process::id())
 }

@@ -407,4 +407,10 @@ impl PolicyPublisher for EtcdPublisher {
             .map(|_| ())
             .map_err(|e| IoError(e.to_string()))
     }
+
+    /// Connected (our lease lives) while another replica holds the leader key. A dead lease
+    /// (etcd unreachable) is a failure, logged and counted as one.
+    fn is_standby(&self) -> bool {
+        self.leadership.is_none() && self.lease.as_ref().is_some_and(Lease::is_alive)
+    }
 }

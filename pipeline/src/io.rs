@@ -32,6 +32,12 @@ pub trait PolicyPublisher: Send {
         &mut self,
         snapshot: &PolicySnapshot,
     ) -> impl Future<Output = Result<(), IoError>> + Send;
+
+    /// Whether a refusal means another replica publishes (this one stands by, keeping its
+    /// newest snapshot for when it takes over) rather than a failure.
+    fn is_standby(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded source: the enforcer's bounded event channel in the same process.

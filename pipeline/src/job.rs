@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use schemas::{Policy, PolicySnapshot};
@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::decider::{Decider, Mode, Step};
-use crate::decision;
+use crate::decision::{self, Decision};
 use crate::engine::{Engine, EngineError, JobSpec, SinkOutput};
 use crate::io::{PolicyPublisher, RecordSource};
 use crate::lifecycle::LifecycleConfig;
+use crate::policies_topic::{self, ClosedWindows, DecisionConsumer, DecisionProducer, Received};
 
 /// How the job runs.
 #[derive(Debug, Clone)]
@@ -90,7 +91,8 @@ pub struct JobMetrics {
     /// `pipeline_policy_changes_total{change}`: issued, escalated, renewed, withdrawn,
     /// left_armed, expired, refused.
     pub changes: IntCounterVec,
-    /// `pipeline_snapshots_published_total{result}`: ok, error.
+    /// `pipeline_snapshots_published_total{result}`: ok, error, standby (another replica
+    /// leads).
     pub published: IntCounterVec,
     /// `pipeline_snapshot_version`.
     pub version: IntGauge,
@@ -98,6 +100,9 @@ pub struct JobMetrics {
     pub phase: IntGaugeVec,
     /// `cluster_severity{cluster_id}` (the plan's name), in thousandths.
     pub severity: IntGaugeVec,
+    /// `cluster_size{cluster_id}` (the plan's name): the cluster's weighted errors in its
+    /// latest decision window (10 s); the ClusterSizeAnomaly alert watches it.
+    pub size: IntGaugeVec,
     /// `pipeline_late_rows_total` and other engine counters: `pipeline_engine_rows_total{kind}`.
     pub engine_rows: IntCounterVec,
     /// `pipeline_errors_total{stage}`: engine, decision, publish, source.
@@ -137,6 +142,13 @@ impl JobMetrics {
                 ),
                 &["cluster_id"],
             )?,
+            size: IntGaugeVec::new(
+                Opts::new(
+                    "cluster_size",
+                    "Weighted errors of each tracked cluster in its latest 10 s decision window.",
+                ),
+                &["cluster_id"],
+            )?,
             engine_rows: IntCounterVec::new(
                 Opts::new(
                     "pipeline_engine_rows_total",
@@ -157,6 +169,7 @@ impl JobMetrics {
         registry.register(Box::new(m.version.clone()))?;
         registry.register(Box::new(m.phase.clone()))?;
         registry.register(Box::new(m.severity.clone()))?;
+        registry.register(Box::new(m.size.clone()))?;
         registry.register(Box::new(m.engine_rows.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         Ok(m)
@@ -308,6 +321,109 @@ impl Job {
         }
     }
 
+    /// Distributed mode: this replica's share of the record partitions goes through the
+    /// engine and its decisions to the policies topic (records are committed once the broker
+    /// has them); every batch on the topic — this replica's, the other replicas', an external
+    /// engine's rows — feeds the decider, and the publisher (etcd) publishes when this replica
+    /// leads. See [`crate::policies_topic`].
+    pub async fn run_distributed<S: RecordSource, P: PolicyPublisher>(
+        mut self,
+        mut source: S,
+        out: DecisionProducer,
+        decisions_in: DecisionConsumer,
+        mut publisher: P,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closed = ClosedWindows::default();
+        // Decisions not yet acknowledged by the broker; records stay uncommitted meanwhile.
+        let mut unsent: Option<(Vec<Decision>, Option<i64>)> = None;
+        let mut last_sent_closed = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                batch = source.next_batch(self.config.max_batch), if unsent.is_none() => {
+                    let Some(batch) = batch else { break };
+                    if let Err(e) = self.engine.push_records(&batch).await {
+                        self.metrics.errors.with_label_values(&["engine"]).inc();
+                        tracing::error!(error = %e, records = batch.len(), "window evaluation failed");
+                    }
+                }
+                message = decisions_in.next() => {
+                    let step = match message.map(|m| policies_topic::decode(&m, wall_ms())) {
+                        Ok(Ok(Received::Batch(b))) => {
+                            if let Some(end) = b.closed_window_end_ms {
+                                closed.report(&b.replica, end, Instant::now());
+                            }
+                            let until = closed.closed(Instant::now());
+                            lock(&self.decider).on_decisions(b.decisions, until, wall_ms())
+                        }
+                        Ok(Ok(Received::Rows(rows))) => {
+                            lock(&self.decider).on_decisions(rows, None, wall_ms())
+                        }
+                        Ok(Err(e)) => {
+                            self.metrics.errors.with_label_values(&["decision"]).inc();
+                            tracing::warn!(error = %e, "policies topic: message skipped");
+                            Step::default()
+                        }
+                        Err(e) => {
+                            self.metrics.errors.with_label_values(&["source"]).inc();
+                            tracing::warn!(error = %e, "policies topic: consumer error");
+                            Step::default()
+                        }
+                    };
+                    let _ = self.publish(step, &mut publisher).await;
+                }
+                _ = tick.tick() => {
+                    let lagged = wall_ms() - self.config.idle_lag_ms;
+                    if let Err(e) = self.engine.advance_watermark(lagged).await {
+                        self.metrics.errors.with_label_values(&["engine"]).inc();
+                        tracing::error!(error = %e, "window evaluation failed");
+                    }
+                    self.prune();
+                    let mut step = lock(&self.decider).expire(wall_ms());
+                    if step.snapshot.is_none() {
+                        step.snapshot = self.pending.take();
+                    }
+                    let _ = self.publish(step, &mut publisher).await;
+                }
+                Some((command, reply)) = self.commands.recv() => {
+                    let step = self.command(command);
+                    let published = self.publish(step, &mut publisher).await;
+                    let _ = reply.send(published);
+                }
+            }
+            if unsent.is_none() {
+                unsent = self
+                    .take_decisions()
+                    .filter(|(d, c)| !d.is_empty() || *c != last_sent_closed);
+            }
+            let Some((decisions, closed_end)) = unsent.take() else {
+                continue;
+            };
+            match out.send(closed_end, decisions.clone()).await {
+                Ok(()) => {
+                    last_sent_closed = closed_end;
+                    if let Err(e) = source.commit().await {
+                        self.metrics.errors.with_label_values(&["source"]).inc();
+                        tracing::warn!(error = %e, "source commit failed; records may be redelivered");
+                    }
+                }
+                Err(e) => {
+                    // Kept, and sent again before more records are read (at least once).
+                    self.metrics.errors.with_label_values(&["publish"]).inc();
+                    tracing::error!(error = %e, decisions = decisions.len(), "sending decisions failed; retrying");
+                    unsent = Some((decisions, closed_end));
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets clusters idle for 10 minutes, and their metric labels.
     fn prune(&mut self) {
         let gone = lock(&self.decider).prune(wall_ms(), 600_000);
@@ -316,6 +432,7 @@ impl Job {
                 let _ = self.metrics.phase.remove_label_values(&[id.as_str(), p]);
             }
             let _ = self.metrics.severity.remove_label_values(&[id.as_str()]);
+            let _ = self.metrics.size.remove_label_values(&[id.as_str()]);
         }
     }
 
@@ -332,6 +449,17 @@ impl Job {
 
     /// Reads the decisions of the windows that closed and feeds them to the decider.
     fn decide(&mut self) -> Step {
+        match self.take_decisions() {
+            None => Step::default(),
+            Some((decisions, closed)) => {
+                lock(&self.decider).on_decisions(decisions, closed, wall_ms())
+            }
+        }
+    }
+
+    /// The decisions of the windows that closed since the last call, and the end of the
+    /// newest closed decision window; `None` when nothing closed.
+    fn take_decisions(&mut self) -> Option<(Vec<Decision>, Option<i64>)> {
         let stats = self.engine.stats();
         let rows = &self.metrics.engine_rows;
         rows.with_label_values(&["in"])
@@ -350,7 +478,7 @@ impl Job {
         // not for the watermark, which moves between window ends.
         let closed = self.engine.closed_window_end(decision::SINK);
         if outputs.is_empty() && closed.is_none() {
-            return Step::default();
+            return None;
         }
         let mut decisions = Vec::new();
         for o in &outputs {
@@ -364,7 +492,7 @@ impl Job {
                 }
             }
         }
-        lock(&self.decider).on_decisions(decisions, closed, wall_ms())
+        Some((decisions, closed))
     }
 
     /// Publishes a step's snapshot, if any; returns the version in force.
@@ -385,6 +513,14 @@ impl Job {
                     lock(&self.decider).on_published(snapshot, wall_ms());
                     log_snapshot(snapshot);
                     Ok(snapshot.version())
+                }
+                Err(e) if publisher.is_standby() => {
+                    // Another replica leads: this one keeps the newest snapshot and publishes
+                    // it the moment it takes over (the retry on every tick campaigns).
+                    self.metrics.published.with_label_values(&["standby"]).inc();
+                    tracing::debug!(error = %e, version = snapshot.version(), "standby: another replica publishes");
+                    self.pending = Some(snapshot.clone());
+                    Err(e.to_string())
                 }
                 Err(e) => {
                     self.metrics.published.with_label_values(&["error"]).inc();
@@ -427,6 +563,11 @@ impl Job {
             m.severity
                 .with_label_values(&[id.as_str()])
                 .set((t.lifecycle.severity() * 1000.0).round() as i64);
+            m.size.with_label_values(&[id.as_str()]).set(
+                t.last
+                    .as_ref()
+                    .map_or(0, |d| i64::try_from(d.errors).unwrap_or(i64::MAX)),
+            );
         }
     }
 }

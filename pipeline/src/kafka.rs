@@ -11,8 +11,17 @@
 //!
 //! `next_batch` is cancel-safe (the job `select!`s on it): records taken from the consumer are
 //! kept in the source until a call returns them, and only returned records are committed.
+//!
+//! Processing is idempotent across redeliveries: a message at an offset this source already
+//! took (a partition handed back after a rebalance, re-read from its last commit) is skipped,
+//! and so is an error event whose `event_id` was seen among the last [`RECENT_EVENT_IDS`]
+//! (a producer retry that wrote it twice); both are counted as `reason="duplicate"`.
+//!
+//! The three topics must have the same partition count, and the group assigns partitions by
+//! range: a route's error events, samples and counts (all keyed by the route) then land on
+//! the same replica, so its slice learner sees the route's traffic with its errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemas::GatewayRecord;
 use schemas::event::DecodeError;
 use schemas::names::{DEFAULT_TOPIC_PREFIX, RECORD_TOPIC_SUFFIXES};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::io::{IoError, RecordSource};
 
@@ -35,6 +45,44 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Once a batch has its first record, how long it may wait for more before returning.
 const BATCH_LINGER: Duration = Duration::from_millis(10);
+
+/// Error-event ids remembered for de-duplication (between this and twice this many, in two
+/// generations: about 1.6 MB at the upper bound).
+pub const RECENT_EVENT_IDS: usize = 100_000;
+
+/// Ids seen recently, in two generations: when the current one is full it becomes the
+/// previous one and the oldest generation is dropped — bounded memory, O(1) per id, and an
+/// id is remembered for at least `capacity` further ids.
+#[derive(Debug)]
+pub struct RecentIds {
+    capacity: usize,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl RecentIds {
+    /// Remembers at least the last `capacity` ids.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            current: HashSet::new(),
+            previous: HashSet::new(),
+        }
+    }
+
+    /// Records `id`; `false` when it was seen before (a duplicate).
+    pub fn insert(&mut self, id: &str) -> bool {
+        let h = xxh3_64(id.as_bytes());
+        if self.current.contains(&h) || self.previous.contains(&h) {
+            return false;
+        }
+        if self.current.len() >= self.capacity {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(h);
+        true
+    }
+}
 
 /// Where and how the source reads.
 #[derive(Debug, Clone)]
@@ -48,6 +96,10 @@ pub struct KafkaSourceConfig {
     /// How long `next_batch` waits for a first record before returning an empty batch, so
     /// the job's other work (ticks, commands) keeps going. Default 200 ms.
     pub idle_wait: Duration,
+    /// How long the group waits for a silent replica before handing its partitions to the
+    /// others. Default 10 s (Kafka's 45 s would leave a dead replica's routes undecided for
+    /// most of a minute); the broker's `group.min.session.timeout.ms` (6 s) is the floor.
+    pub session_timeout: Duration,
 }
 
 impl KafkaSourceConfig {
@@ -58,6 +110,7 @@ impl KafkaSourceConfig {
             group_id: group_id.into(),
             topic_prefix: DEFAULT_TOPIC_PREFIX.to_owned(),
             idle_wait: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(10),
         }
     }
 
@@ -93,6 +146,10 @@ pub struct KafkaSource {
     taken: HashMap<(Arc<str>, i32), i64>,
     /// Next offset per partition of everything returned, not yet committed.
     returned: HashMap<(Arc<str>, i32), i64>,
+    /// Next offset per partition of everything ever taken: lower offsets are redeliveries.
+    seen: HashMap<(Arc<str>, i32), i64>,
+    /// Error-event ids seen lately.
+    event_ids: RecentIds,
     skipped: IntCounterVec,
     last_log: Option<Instant>,
 }
@@ -113,7 +170,7 @@ impl KafkaSource {
         let skipped = IntCounterVec::new(
             Opts::new(
                 "pipeline_kafka_records_skipped_total",
-                "Kafka messages skipped because they did not decode as a record.",
+                "Kafka messages skipped: not a gateway record, or a duplicate (redelivered offset, repeated event id).",
             ),
             &["reason"],
         )
@@ -131,6 +188,12 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             // Topics created after the subscription are found within seconds, not minutes.
             .set("topic.metadata.refresh.interval.ms", "5000")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            // Partition i of every topic to the same replica: a route's records stay together.
+            .set("partition.assignment.strategy", "range")
             .create()
             .map_err(|e| IoError(format!("creating the kafka consumer: {e}")))?;
         let topics = config.topics();
@@ -145,6 +208,8 @@ impl KafkaSource {
             buf: Vec::new(),
             taken: HashMap::new(),
             returned: HashMap::new(),
+            seen: HashMap::new(),
+            event_ids: RecentIds::new(RECENT_EVENT_IDS),
             skipped,
             last_log: None,
         })
@@ -152,7 +217,7 @@ impl KafkaSource {
 
     /// Messages skipped so far (all reasons).
     pub fn skipped_total(&self) -> u64 {
-        ["empty", "malformed", "unsupported_version"]
+        ["empty", "malformed", "unsupported_version", "duplicate"]
             .iter()
             .map(|r| self.skipped.with_label_values(&[r]).get())
             .sum()
@@ -195,17 +260,23 @@ impl KafkaSource {
             .cloned()
             .unwrap_or_else(|| Arc::from(m.topic()));
         let next = m.offset() + 1;
-        let e = self
-            .taken
-            .entry((Arc::clone(&topic), m.partition()))
-            .or_insert(next);
+        let tp = (Arc::clone(&topic), m.partition());
+        let e = self.taken.entry(tp.clone()).or_insert(next);
         *e = (*e).max(next);
+        let seen = self.seen.entry(tp).or_insert(0);
+        let redelivered = m.offset() < *seen;
+        *seen = (*seen).max(next);
         let decoded = match m.payload() {
+            _ if redelivered => Err("duplicate"),
             None => Err("empty"),
-            Some(body) => GatewayRecord::from_json(body).map_err(|e| match e {
-                DecodeError::Malformed(_) => "malformed",
-                DecodeError::UnsupportedVersion(_) => "unsupported_version",
-            }),
+            Some(body) => match GatewayRecord::from_json(body) {
+                Ok(GatewayRecord::Error(e)) if !self.event_ids.insert(&e.event_id) => {
+                    Err("duplicate")
+                }
+                Ok(r) => Ok(r),
+                Err(DecodeError::Malformed(_)) => Err("malformed"),
+                Err(DecodeError::UnsupportedVersion(_)) => Err("unsupported_version"),
+            },
         };
         match decoded {
             Ok(record) => self.buf.push(Received {
@@ -215,6 +286,7 @@ impl KafkaSource {
                 key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 record,
             }),
+            Err("duplicate") => self.skipped.with_label_values(&["duplicate"]).inc(),
             Err(reason) => {
                 self.skipped.with_label_values(&[reason]).inc();
                 if self.should_log() {
@@ -328,4 +400,27 @@ pub async fn create_topics(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_id_is_a_duplicate_until_two_generations_have_passed() {
+        let mut ids = RecentIds::new(2);
+        assert!(ids.insert("a"));
+        assert!(!ids.insert("a"));
+        assert!(ids.insert("b"));
+        // "c" starts a new generation; "a" and "b" are the previous one, still remembered.
+        assert!(ids.insert("c"));
+        assert!(!ids.insert("a"));
+        assert!(!ids.insert("b"));
+        assert!(ids.insert("d"));
+        // "e" retires the generation holding "a" and "b": at least 2 ids are always kept.
+        assert!(ids.insert("e"));
+        assert!(!ids.insert("c"));
+        assert!(!ids.insert("d"));
+        assert!(ids.insert("a"));
+    }
 }

@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod applier;
+pub mod arroyo;
 pub mod decider;
 pub mod decision;
+pub mod distributed;
 pub mod embedded;
 pub mod engine;
 pub mod etcd;
@@ -11,5 +13,7 @@ pub mod io;
 pub mod job;
 pub mod kafka;
 pub mod lifecycle;
+pub mod policies_topic;
+pub mod postgres;
 pub mod redis_cache;
 pub mod udf;

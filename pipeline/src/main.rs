@@ -4,13 +4,21 @@
 //!   the windowed SQL job over its events and the operator API, in one process.
 //! - `pipeline run --config enforcer.yaml [--source kafka --kafka-brokers H:P]` — the same
 //!   without the demo upstream; with `--source kafka` the job reads the Kafka topics.
+//! - `pipeline job --kafka-brokers H:P --etcd-endpoints URL` — one replica of the distributed
+//!   job, no enforcer: Kafka in, decisions through the `policies` topic, etcd out (the leader).
+//! - `--pg-url URL [--pg-schema NAME]` on `demo`, `run` and `job`: new templates are clustered
+//!   through PostgreSQL + pgvector, shared by every replica; events, policies, retention and
+//!   similar-cluster search there too.
 //! - `pipeline cluster --input FILE [--csv-column NAME] [--level template|cluster] --output FILE.jsonl`
 //!   writes `{line, template_id, template, cluster_id}` for every input line, in order.
 //! - `pipeline eval [--corpus FILE] [--sweep]` prints template- and cluster-level scores on
 //!   the labelled corpus.
+//! - `pipeline submit --arroyo URL [--dry-run] [--out FILE]` posts the same SQL and the UDF
+//!   wrappers to an Arroyo cluster (`POST /api/v1/pipelines`) and prints the pipeline id.
 
 mod live;
 mod offline;
+mod submit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +93,78 @@ struct LiveArgs {
     /// the model runs only for templates no replica has embedded. Unset: no sharing.
     #[arg(long, env = "LAG_REDIS_URL")]
     redis_url: Option<String>,
+    #[command(flatten)]
+    pg: PgArgs,
+}
+
+/// PostgreSQL + pgvector, for `demo`, `run` and `job`.
+#[derive(Debug, Clone, clap::Args)]
+struct PgArgs {
+    /// PostgreSQL + pgvector (distributed mode): the replicas' shared cluster index, error
+    /// events and policies with retention, similar-cluster search.
+    /// `postgres://user:pass@host:port/db`. Not read from LAG_PG_URL on purpose:
+    /// `deploy/services.sh env` exports that in every shell, and replicas that share a
+    /// database share clusters.
+    #[arg(long, env = "LAG_PIPELINE_PG_URL", hide_env_values = true)]
+    pg_url: Option<String>,
+    /// Schema for the tables (created when missing); the server's default when unset.
+    /// Replicas that should agree on clusters use the same one.
+    #[arg(long, requires = "pg_url")]
+    pg_schema: Option<String>,
+    /// Error events older than this many seconds are deleted from PostgreSQL.
+    #[arg(long, default_value_t = 86_400)]
+    pg_event_retention_secs: u64,
+}
+
+/// `pipeline job`: what one distributed replica connects to.
+#[derive(Debug, clap::Args)]
+struct JobArgs {
+    /// Kafka bootstrap brokers (records in, decisions through the policies topic).
+    #[arg(long, env = "LAG_KAFKA_BROKERS")]
+    kafka_brokers: String,
+    /// Consumer group the replicas share (each reads its share of the partitions).
+    #[arg(long, default_value = "lag-pipeline")]
+    kafka_group: String,
+    /// Topic prefix of the record topics (the enforcers' `events.kafka.topic_prefix`).
+    #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
+    kafka_topic_prefix: String,
+    /// The topic decisions travel on, from every replica (and any external engine) to the
+    /// applier.
+    #[arg(long, default_value = schemas::names::POLICIES_TOPIC)]
+    policies_topic: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, env = "LAG_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the snapshot and leader keys (the enforcers' `policies.etcd.prefix`).
+    #[arg(long, default_value = schemas::names::ETCD_POLICY_PREFIX)]
+    etcd_prefix: String,
+    /// Lease TTL, seconds: how long a dead leader's snapshot and leadership outlive it.
+    #[arg(long, default_value_t = 10)]
+    etcd_lease_ttl_s: i64,
+    /// This replica's name (leader key value, decision batch key); default host/pid.
+    #[arg(long)]
+    instance: Option<String>,
+    /// The job's SQL files, in order.
+    #[arg(long = "sql", default_value = "sql/incident.sql")]
+    sql: Vec<PathBuf>,
+    /// Where the operator API (and /health, /metrics) listens.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    api_listen: SocketAddr,
+    /// Bearer token for the operator API; a random one is generated and printed when unset.
+    #[arg(long, env = "PIPELINE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Issue every policy in shadow mode.
+    #[arg(long)]
+    shadow: bool,
+    /// Embedder for new templates in `cluster_of`.
+    #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
+    embedder: EmbedderChoice,
+    /// Share template vectors with the other replicas through Redis (`redis://host:port`):
+    /// the model runs only for templates no replica has embedded. Unset: no sharing.
+    #[arg(long, env = "LAG_REDIS_URL")]
+    redis_url: Option<String>,
+    #[command(flatten)]
+    pg: PgArgs,
 }
 
 /// Where the live job reads records.
@@ -110,6 +190,12 @@ enum Command {
     Run {
         #[command(flatten)]
         live: LiveArgs,
+    },
+    /// One replica of the distributed job (no enforcer in the process): records from Kafka,
+    /// decisions through the policies topic, snapshots to etcd while this replica leads.
+    Job {
+        #[command(flatten)]
+        job: JobArgs,
     },
     /// Mine templates (and clusters) for one message per line, or a CSV column.
     Cluster {
@@ -149,6 +235,8 @@ enum Command {
     },
     /// Print the evidence (dependency/mode) and cheap template of each stdin line.
     Explain,
+    /// Post the job's SQL and the UDF wrappers to an Arroyo cluster (or print the request).
+    Submit(submit::SubmitArgs),
 }
 
 fn main() -> ExitCode {
@@ -156,6 +244,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { live, upstream } => live::run(live, Some(upstream)),
         Command::Run { live } => live::run(live, None),
+        Command::Job { job } => live::replica(job),
         Command::Cluster {
             input,
             csv_column,
@@ -178,6 +267,7 @@ fn main() -> ExitCode {
             verbose,
         } => offline::eval(corpus, embedder, sweep, verbose),
         Command::Explain => offline::explain(),
+        Command::Submit(args) => submit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,12 +50,10 @@ fn operations(doc: &Value) -> Vec<(String, String)> {
 
 async fn start() -> (SocketAddr, Recorder, CancellationToken) {
     let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
-    let job = Job::load(
-        JobConfig::new(vec![sql.into()]),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let registry = prometheus::Registry::new();
+    let job = Job::load(JobConfig::new(vec![sql.into()]), &registry)
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -65,7 +63,8 @@ async fn start() -> (SocketAddr, Recorder, CancellationToken) {
             decider: job.decider(),
             commands: job.commands(),
             token: TOKEN.into(),
-            registry: None,
+            registry: Some(registry),
+            postgres: None,
         },
         shutdown.clone(),
     ));
@@ -128,14 +127,39 @@ fn the_document_references_schemas_that_exist() {
 async fn every_documented_operation_exists_and_needs_the_token() {
     let (addr, _, shutdown) = start().await;
     let ops = operations(&openapi());
-    assert_eq!(ops.len(), 8, "{ops:?}");
+    assert_eq!(ops.len(), 11, "{ops:?}");
+    let open = ["/health", "/metrics"];
     for (method, path) in &ops {
         let (status, body) = call(addr, method, path, "wrong", "{}").await;
+        if open.contains(&path.as_str()) {
+            // Probes and scrapes need no token.
+            assert_eq!(status, 200, "{method} {path}");
+            continue;
+        }
         assert_eq!(status, 401, "{method} {path}: {body}");
         assert!(body["error"].is_string());
     }
     let (status, _) = call(addr, "GET", "/api/v1/nothing", TOKEN, "").await;
     assert_eq!(status, 404);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn similar_clusters_need_postgres() {
+    let (addr, _, shutdown) = start().await;
+    let (status, body) = call(
+        addr,
+        "GET",
+        "/api/v1/clusters/similar?message=redis%20refused&k=3",
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--pg-url"),
+        "{body}"
+    );
     shutdown.cancel();
 }
 

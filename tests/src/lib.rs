@@ -1,6 +1,7 @@
 //! End-to-end tests live in `tests/tests/`; this library holds what they share, and the
 //! scenario bench ([`scenarios`]).
 
+pub mod own;
 pub mod scenarios;
 
 /// What an integration test should do about a real service it needs.

@@ -9,11 +9,10 @@
 //! the same `/usr/bin/etcd`), never the shared one other tests and engineers use.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use e2e::own::OwnEtcd;
 use e2e::require_service;
 use enforcer::config::Config;
 use enforcer::server::Gateway;
@@ -397,76 +396,6 @@ async fn only_the_leader_publishes_and_a_deposed_leader_is_fenced() {
         .expect("takes over");
     assert!(first.is_leader());
     first.resign().await.expect("resign");
-}
-
-/// An etcd of our own on free loopback ports, so it can be stopped and restarted without
-/// disturbing the shared one.
-struct OwnEtcd {
-    client_url: String,
-    peer_url: String,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-impl OwnEtcd {
-    fn new(dir: &Path) -> Self {
-        Self {
-            client_url: format!("http://127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            data: dir.join("data"),
-            log: dir.join("etcd.log"),
-            child: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new("etcd")
-            .args(["--name", "lag-outage-test", "--data-dir"])
-            .arg(&self.data)
-            .args([
-                "--listen-client-urls",
-                &self.client_url,
-                "--advertise-client-urls",
-                &self.client_url,
-                "--listen-peer-urls",
-                &self.peer_url,
-                "--initial-advertise-peer-urls",
-                &self.peer_url,
-                "--initial-cluster",
-                &format!("lag-outage-test={}", self.peer_url),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd binary (Debian's etcd-server; deploy/services.sh installs it)");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 async fn publish_when_up(publisher: &mut EtcdPublisher, s: &PolicySnapshot) {

@@ -574,6 +574,46 @@ impl ClusterStore {
             .unwrap_or_default()
     }
 
+    /// Adds a new template to the cluster named `cluster_id` (creating it when this store
+    /// has not seen it): the cluster was decided elsewhere (a shared index), so no search.
+    /// A known template keeps its cluster.
+    pub fn assign_to(
+        &mut self,
+        template: u64,
+        name: u64,
+        vector: Vec<f32>,
+        evidence: Evidence,
+        weight: f64,
+        cluster_id: &str,
+    ) -> String {
+        if let Some(id) = self.cluster_of(template) {
+            return id.to_string();
+        }
+        let mut vector = vector;
+        vector.resize(self.dims, 0.0);
+        let existing = self
+            .clusters
+            .iter()
+            .find(|(_, c)| c.id == cluster_id)
+            .map(|(slot, _)| *slot);
+        let slot = existing.unwrap_or_else(|| {
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            self.clusters
+                .insert(slot, Cluster::new(cluster_id.to_owned(), self.dims));
+            slot
+        });
+        let entry = TemplateEntry {
+            name,
+            vector,
+            evidence,
+            weight: weight.max(1e-6),
+            cluster: slot,
+        };
+        self.attach(template, entry, slot);
+        cluster_id.to_owned()
+    }
+
     /// Forgets a template (evicted by the miner); empty clusters disappear.
     pub fn forget(&mut self, template: u64) {
         let Some(t) = self.templates.remove(&template) else {
@@ -874,6 +914,36 @@ mod tests {
         assert_eq!(s.cluster_of(0), Some(ids[0].as_str()));
         s.forget(2);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn assign_to_joins_or_creates_the_named_cluster() {
+        let e = NgramEmbedder::new(64);
+        let mut s = ClusterStore::new(cfg(), 64);
+        let a = s.assign(
+            1,
+            1,
+            e.embed_one("disk full on /var"),
+            Evidence::default(),
+            1.0,
+        );
+        let t = "something unrelated entirely";
+        assert_eq!(
+            s.assign_to(2, 2, e.embed_one(t), Evidence::default(), 1.0, &a),
+            a
+        );
+        assert_eq!(s.len(), 1, "joined the existing cluster");
+        assert_eq!(
+            s.assign_to(3, 3, e.embed_one(t), Evidence::default(), 1.0, "cremote"),
+            "cremote"
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.cluster_of(3), Some("cremote"));
+        // A known template keeps its cluster.
+        assert_eq!(
+            s.assign_to(3, 3, e.embed_one(t), Evidence::default(), 1.0, "other"),
+            "cremote"
+        );
     }
 
     #[test]

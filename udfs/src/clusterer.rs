@@ -3,6 +3,11 @@
 //!
 //! A known template costs one masking scan, one hash lookup and one map lookup; the
 //! embedder runs once per new template, never per event.
+//!
+//! With a [`SharedClusterIndex`] attached (distributed mode), new templates are assigned by
+//! the shared index so every replica agrees: a template some replica already assigned is
+//! taken from it without embedding, a new one is embedded and offered to it. When the index
+//! fails the local store decides, as without one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use crate::cluster::{ClusterConfig, ClusterStore, EmbedFailure, TextEmbedder};
 use crate::evidence::{self, Evidence};
 use crate::miner::{GroupKey, MinerConfig, TemplateMiner};
+use crate::shared::{NewTemplate, SharedClusterIndex, SharedIndexError, SharedTemplate};
 use crate::vector_cache::VectorCache;
 
 /// Where one message landed.
@@ -25,12 +31,31 @@ pub struct Assignment {
     pub cluster_id: String,
 }
 
+/// Counts of what the clusterer did (for tests and reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClustererStats {
+    /// New templates embedded.
+    pub embedded: u64,
+    /// Templates restored from the shared index at attach time.
+    pub restored: u64,
+    /// New templates whose cluster came from a stored assignment (no embedding).
+    pub from_shared: u64,
+    /// New templates the shared index assigned.
+    pub assigned_shared: u64,
+    /// Shared-index calls that failed (the local store decided instead).
+    pub shared_failures: u64,
+}
+
 /// Miner + evidence + embedder + clusters.
 pub struct FailureClusterer {
     miner: TemplateMiner,
     store: ClusterStore,
     embedder: Arc<dyn TextEmbedder>,
     evidence: HashMap<GroupKey, Evidence>,
+    shared: Option<Box<dyn SharedClusterIndex>>,
+    /// Templates restored from the shared index, by template id.
+    known: HashMap<u64, SharedTemplate>,
+    stats: ClustererStats,
     new_since_recluster: usize,
     /// Re-cluster after this many new templates (0 = never automatically).
     pub recluster_every: usize,
@@ -46,6 +71,8 @@ impl std::fmt::Debug for FailureClusterer {
             .field("templates", &self.miner.len())
             .field("clusters", &self.store.len())
             .field("embedder", &self.embedder.name())
+            .field("shared", &self.shared.is_some())
+            .field("stats", &self.stats)
             .finish()
     }
 }
@@ -75,6 +102,9 @@ impl FailureClusterer {
             store: ClusterStore::new(cluster, dims),
             embedder,
             evidence: HashMap::new(),
+            shared: None,
+            known: HashMap::new(),
+            stats: ClustererStats::default(),
             new_since_recluster: 0,
             recluster_every: 0,
             recluster_max_templates: 3000,
@@ -90,7 +120,7 @@ impl FailureClusterer {
 
     /// The template's vector: from the shared cache when a replica made it with this model
     /// (and it has this model's length, finite values), else from the model, then shared.
-    fn vector_for(&self, template_id: u64, text: &str) -> Result<Vec<f32>, EmbedFailure> {
+    fn vector_for(&mut self, template_id: u64, text: &str) -> Result<Vec<f32>, EmbedFailure> {
         let model = self.embedder.name();
         if let Some(v) = self
             .vector_cache
@@ -105,6 +135,7 @@ impl FailureClusterer {
             .embed_texts(&[text])?
             .pop()
             .ok_or_else(|| EmbedFailure("no vector returned".into()))?;
+        self.stats.embedded += 1;
         if let Some(c) = &self.vector_cache {
             c.put(model, template_id, &v);
         }
@@ -131,6 +162,47 @@ impl FailureClusterer {
         (m.id, m.template, m.key)
     }
 
+    /// Attaches a shared cluster index and restores every template it holds, so messages
+    /// of those templates get their stored cluster without embedding. Returns how many were
+    /// restored; on an error the index stays attached (later look-ups go through it).
+    pub fn attach_shared_index(
+        &mut self,
+        index: Box<dyn SharedClusterIndex>,
+    ) -> Result<usize, SharedIndexError> {
+        let restored = index.restore();
+        self.shared = Some(index);
+        let templates = restored?;
+        let n = templates.len();
+        self.known
+            .extend(templates.into_iter().map(|t| (t.template_id, t)));
+        self.stats.restored += n as u64;
+        Ok(n)
+    }
+
+    /// Whether a shared index decides new templates.
+    pub fn has_shared_index(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// What the clusterer did so far.
+    pub fn stats(&self) -> ClustererStats {
+        self.stats
+    }
+
+    /// A template's stored assignment: restored at start, else asked of the shared index.
+    fn stored(&mut self, template_id: u64) -> Option<SharedTemplate> {
+        if let Some(t) = self.known.get(&template_id) {
+            return Some(t.clone());
+        }
+        match self.shared.as_ref()?.lookup(template_id) {
+            Ok(found) => found,
+            Err(_) => {
+                self.stats.shared_failures += 1;
+                None
+            }
+        }
+    }
+
     /// Mines, embeds when the template is new, and assigns a cluster.
     pub fn process(&mut self, text: &str) -> Result<Assignment, EmbedFailure> {
         let (template_id, template, group) = self.template(text);
@@ -145,15 +217,53 @@ impl FailureClusterer {
                 cluster_id,
             });
         }
+        if let Some(t) = self.stored(template_id) {
+            self.stats.from_shared += 1;
+            self.evidence.insert(group, t.evidence.clone());
+            let cluster_id =
+                self.store
+                    .assign_to(key, template_id, t.vector, t.evidence, 1.0, &t.cluster_id);
+            return Ok(Assignment {
+                template_id,
+                template,
+                group,
+                cluster_id,
+            });
+        }
         let private =
             schemas::text::desensitize(schemas::text::truncate_at_char_boundary(text, 1024))
                 .into_owned();
         let ev = evidence::extract(&private);
         let vector = self.vector_for(template_id, &private)?;
         self.evidence.insert(group, ev.clone());
-        let cluster_id = self.store.assign(key, template_id, vector, ev, 1.0);
+        let decided = self.shared.as_ref().map(|index| {
+            index.assign(
+                &NewTemplate {
+                    template_id,
+                    template: &template,
+                    vector: &vector,
+                    evidence: &ev,
+                },
+                self.store.config(),
+            )
+        });
+        let cluster_id = match decided {
+            Some(Ok(id)) => {
+                self.stats.assigned_shared += 1;
+                self.store.assign_to(key, template_id, vector, ev, 1.0, &id)
+            }
+            Some(Err(_)) => {
+                // Fail safe: the local store decides; the index's implementation has logged
+                // and counted the failure.
+                self.stats.shared_failures += 1;
+                self.store.assign(key, template_id, vector, ev, 1.0)
+            }
+            None => self.store.assign(key, template_id, vector, ev, 1.0),
+        };
         self.new_since_recluster += 1;
-        if self.recluster_every > 0
+        // Re-clustering renames clusters locally; with a shared index ids are the index's.
+        if self.shared.is_none()
+            && self.recluster_every > 0
             && self.new_since_recluster >= self.recluster_every
             && self.store.templates() <= self.recluster_max_templates
         {
@@ -199,6 +309,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::cluster::{NgramEmbedder, dot};
+    use crate::shared::{Candidate, founded_cluster_id, pick_cluster};
 
     /// Counts texts embedded; 4-dim vectors from the text length.
     #[derive(Default)]
@@ -257,5 +369,151 @@ mod tests {
         shared.put("counting", t, &[1.0, 2.0]);
         r2.process("disk full on /dev/sda2").unwrap();
         assert_eq!(e2.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// An in-memory shared index with the semantics the PostgreSQL one has.
+    #[derive(Debug, Default, Clone)]
+    struct MemoryIndex {
+        templates: Arc<Mutex<Vec<SharedTemplate>>>,
+        fail: Arc<Mutex<bool>>,
+    }
+
+    impl MemoryIndex {
+        fn check(&self) -> Result<(), SharedIndexError> {
+            match *self.fail.lock().unwrap_or_else(|e| e.into_inner()) {
+                true => Err(SharedIndexError("down".into())),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl SharedClusterIndex for MemoryIndex {
+        fn lookup(&self, id: u64) -> Result<Option<SharedTemplate>, SharedIndexError> {
+            self.check()?;
+            let t = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(t.iter().find(|t| t.template_id == id).cloned())
+        }
+
+        fn assign(
+            &self,
+            n: &NewTemplate<'_>,
+            config: &ClusterConfig,
+        ) -> Result<String, SharedIndexError> {
+            self.check()?;
+            let mut t = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = t.iter().find(|t| t.template_id == n.template_id) {
+                return Ok(found.cluster_id.clone());
+            }
+            // One template per cluster is enough for these tests: centroid = its vector.
+            let candidates: Vec<Candidate> = t
+                .iter()
+                .map(|s| Candidate {
+                    cluster_id: s.cluster_id.clone(),
+                    cosine: dot(n.vector, &s.vector),
+                    evidence: s.evidence.clone(),
+                })
+                .collect();
+            let id = pick_cluster(n.evidence, None, &candidates, config)
+                .unwrap_or_else(|| founded_cluster_id(n.template_id));
+            t.push(SharedTemplate {
+                template_id: n.template_id,
+                template: n.template.to_owned(),
+                cluster_id: id.clone(),
+                vector: n.vector.to_vec(),
+                evidence: n.evidence.clone(),
+            });
+            Ok(id)
+        }
+
+        fn restore(&self) -> Result<Vec<SharedTemplate>, SharedIndexError> {
+            self.check()?;
+            Ok(self
+                .templates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone())
+        }
+    }
+
+    /// Fails every call: proves a path does not embed.
+    #[derive(Debug)]
+    struct NoEmbedder;
+
+    impl TextEmbedder for NoEmbedder {
+        fn dims(&self) -> usize {
+            384
+        }
+        fn embed_texts(&self, _: &[&str]) -> Result<Vec<Vec<f32>>, EmbedFailure> {
+            Err(EmbedFailure("this test must not embed".into()))
+        }
+        fn name(&self) -> &str {
+            "ngram"
+        }
+    }
+
+    fn clusterer(index: &MemoryIndex) -> FailureClusterer {
+        let mut c = FailureClusterer::new(Arc::new(NgramEmbedder::new(384)));
+        c.attach_shared_index(Box::new(index.clone()))
+            .unwrap_or_default();
+        c
+    }
+
+    const MESSAGES: [&str; 4] = [
+        "payment channel alipay returned 503 for order 1234",
+        "redis: connection refused 10.0.0.1:6379",
+        "payment channel alipay returned 503 for order 99",
+        "Redis 连接被拒绝 10.0.0.2:6379",
+    ];
+
+    #[test]
+    fn replicas_sharing_an_index_agree_in_any_order() {
+        let index = MemoryIndex::default();
+        let (mut a, mut b) = (clusterer(&index), clusterer(&index));
+        let from_a: Vec<String> = MESSAGES
+            .iter()
+            .map(|m| a.process(m).map(|x| x.cluster_id).unwrap_or_default())
+            .collect();
+        let from_b: Vec<String> = MESSAGES
+            .iter()
+            .rev()
+            .map(|m| b.process(m).map(|x| x.cluster_id).unwrap_or_default())
+            .collect();
+        let from_b: Vec<String> = from_b.into_iter().rev().collect();
+        assert_eq!(from_a, from_b);
+        assert_eq!(from_a[1], from_a[3], "redis refused joins across languages");
+        assert_ne!(from_a[0], from_a[1]);
+        assert!(b.stats().from_shared >= 1, "{:?}", b.stats());
+    }
+
+    #[test]
+    fn a_restored_clusterer_assigns_known_templates_without_embedding() {
+        let index = MemoryIndex::default();
+        let mut first = clusterer(&index);
+        let old = first.process(MESSAGES[1]).map(|a| a.cluster_id);
+        let mut fresh = FailureClusterer::new(Arc::new(NoEmbedder));
+        assert_eq!(
+            fresh
+                .attach_shared_index(Box::new(index.clone()))
+                .unwrap_or_default(),
+            1
+        );
+        assert_eq!(
+            fresh.process(MESSAGES[1]).map(|a| a.cluster_id).ok(),
+            old.ok()
+        );
+        assert_eq!(fresh.stats().embedded, 0);
+        assert!(fresh.process("an unseen failure").is_err(), "would embed");
+    }
+
+    #[test]
+    fn a_failing_index_falls_back_to_the_local_store() {
+        let index = MemoryIndex::default();
+        let mut c = clusterer(&index);
+        *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let a = c.process(MESSAGES[1]).map(|a| a.cluster_id).ok();
+        let b = c.process(MESSAGES[3]).map(|a| a.cluster_id).ok();
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert!(c.stats().shared_failures >= 2, "{:?}", c.stats());
     }
 }

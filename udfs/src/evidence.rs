@@ -47,6 +47,32 @@ pub enum FailureMode {
 }
 
 impl FailureMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [FailureMode; 16] = [
+        Self::Tls,
+        Self::Dns,
+        Self::Lock,
+        Self::RateLimit,
+        Self::OutOfMemory,
+        Self::NoSpace,
+        Self::Serialization,
+        Self::QueueFull,
+        Self::PoolExhausted,
+        Self::PaymentDeclined,
+        Self::Auth,
+        Self::Refused,
+        Self::Reset,
+        Self::Timeout,
+        Self::Constraint,
+        Self::Unavailable,
+    ];
+
+    /// The mode named by [`Self::as_str`] (`None` for any other text): how a stored mode
+    /// comes back from a database.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// A short stable name (`refused`, `timeout`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -689,6 +715,18 @@ fn normalise_service(host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mode_parses_back_from_its_name() {
+        for m in FailureMode::ALL {
+            assert_eq!(FailureMode::parse(m.as_str()), Some(m));
+        }
+        let names: std::collections::HashSet<&str> =
+            FailureMode::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names.len(), FailureMode::ALL.len(), "names are distinct");
+        assert_eq!(FailureMode::parse("Refused"), None);
+        assert_eq!(FailureMode::parse(""), None);
+    }
 
     #[test]
     fn reads_dependency_and_mode() {

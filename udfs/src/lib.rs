@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod faiss_index;
 pub mod hnsw;
 pub mod miner;
+pub mod shared;
 pub mod slice;
 pub mod sql;
 pub mod vector_cache;

@@ -4,14 +4,19 @@
 //!
 //! `template_id`, `template` and `cluster_of` share one process-wide [`FailureClusterer`]
 //! (the miner and the cluster index live as long as the process); the embedder is the one
-//! passed to [`install_embedder`] before first use, else the model-free n-gram embedder.
+//! passed to [`install_embedder`] before first use, else the model-free n-gram embedder. In
+//! distributed mode [`install_shared_index`] attaches the replicas' shared cluster index.
 //! With [`install_vector_cache`] (pipeline replicas sharing Redis), a new template's vector is
 //! looked up there before that embedder runs.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use schemas::Dimensions;
+use serde::{Deserialize, Serialize};
+
 use crate::cluster::{NgramEmbedder, TextEmbedder};
-use crate::clusterer::FailureClusterer;
+use crate::clusterer::{ClustererStats, FailureClusterer};
+use crate::shared::{SharedClusterIndex, SharedIndexError};
 use crate::vector_cache::VectorCache;
 
 /// Longest input the functions look at; longer text is cut (at a char boundary).
@@ -36,7 +41,7 @@ fn embedder() -> &'static Arc<dyn TextEmbedder> {
     EMBEDDER.get_or_init(|| Arc::new(NgramEmbedder::new(384)))
 }
 
-fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> Option<T>) -> Option<T> {
+fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> T) -> T {
     let cell = CLUSTERER.get_or_init(|| {
         let mut c = FailureClusterer::new(Arc::clone(embedder()));
         if let Some(cache) = VECTOR_CACHE.get() {
@@ -49,6 +54,25 @@ fn with_clusterer<T>(f: impl FnOnce(&mut FailureClusterer) -> Option<T>) -> Opti
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut guard)
+}
+
+/// Attaches a shared cluster index to the process-wide clusterer (install the embedder
+/// first) and restores the templates it holds; returns how many. On an error the index
+/// stays attached and later look-ups go through it.
+pub fn install_shared_index(index: Box<dyn SharedClusterIndex>) -> Result<usize, SharedIndexError> {
+    with_clusterer(|c| c.attach_shared_index(index))
+}
+
+/// What the process-wide clusterer did so far.
+pub fn clusterer_stats() -> ClustererStats {
+    with_clusterer(|c| c.stats())
+}
+
+/// The desensitized text's vector (the one `cluster_of` would compute for a new template).
+pub fn embed(text: &str) -> Option<Vec<f32>> {
+    let text = clean(text)?;
+    let private = schemas::text::desensitize(text);
+    embedder().embed_texts(&[private.as_ref()]).ok()?.pop()
 }
 
 fn clean(text: &str) -> Option<&str> {
@@ -81,10 +105,46 @@ pub fn cluster_of(text: Option<&str>) -> Option<String> {
 
 /// `embedding(text) -> bytea`: the desensitized text's vector as packed little-endian f32.
 pub fn embedding(text: Option<&str>) -> Option<Vec<u8>> {
-    let text = clean(text?)?;
-    let private = schemas::text::desensitize(text);
-    let v = embedder().embed_texts(&[private.as_ref()]).ok()?.pop()?;
-    Some(pack_f32(&v))
+    Some(pack_f32(&embed(text?)?))
+}
+
+/// One request as [`request_row`] encodes it for the slice learner (which decodes it back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRow {
+    /// The configured route name.
+    pub route: String,
+    /// HTTP method (empty when unknown).
+    pub method: String,
+    /// Upstream host (empty when unknown).
+    pub upstream: String,
+    /// The request's dimension values.
+    #[serde(default)]
+    pub dimensions: Dimensions,
+    /// Probability with which the request was sampled.
+    pub sample_rate: f64,
+}
+
+/// `request_row(route, method, upstream, dimensions_json, sample_rate) -> text`: one request's
+/// attributes as a JSON text, for `array_agg` lists the slice learner reads. NULL when `route`
+/// or `sample_rate` is NULL; a NULL method or upstream reads as empty; dimensions that are not
+/// a flat JSON string map contribute none rather than losing the row.
+pub fn request_row(
+    route: Option<&str>,
+    method: Option<&str>,
+    upstream: Option<&str>,
+    dimensions: Option<&str>,
+    sample_rate: Option<f64>,
+) -> Option<String> {
+    let row = RequestRow {
+        route: route?.to_owned(),
+        method: method.unwrap_or_default().to_owned(),
+        upstream: upstream.unwrap_or_default().to_owned(),
+        dimensions: dimensions
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default(),
+        sample_rate: sample_rate?,
+    };
+    serde_json::to_string(&row).ok()
 }
 
 /// Packs a vector as little-endian f32 bytes.
@@ -139,5 +199,29 @@ mod tests {
         );
         let huge = "x".repeat(1 << 20);
         assert!(template(Some(&huge)).is_some());
+    }
+
+    #[test]
+    fn request_rows_round_trip_and_tolerate_bad_dimensions() {
+        let text = request_row(
+            Some("orders"),
+            None,
+            Some("pay"),
+            Some(r#"{"body:channel":"alipay"}"#),
+            Some(0.5),
+        )
+        .unwrap_or_default();
+        let row: RequestRow = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(row.route, "orders");
+        assert_eq!(row.method, "");
+        assert_eq!(
+            row.dimensions.get("body:channel").map(String::as_str),
+            Some("alipay")
+        );
+        assert_eq!(row.sample_rate, 0.5);
+        let bad = request_row(Some("r"), Some("GET"), Some("u"), Some("[1,2]"), Some(1.0));
+        assert!(bad.is_some_and(|t| t.contains(r#""dimensions":{}"#)));
+        assert_eq!(request_row(None, None, None, None, Some(1.0)), None);
+        assert_eq!(request_row(Some("r"), None, None, None, None), None);
     }
 }

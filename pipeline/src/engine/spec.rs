@@ -294,6 +294,8 @@ fn arrow_type(sql: &str) -> Option<DataType> {
     let base = sql.split('(').next().unwrap_or_default().trim();
     Some(match base {
         "TEXT" | "STRING" | "VARCHAR" | "CHAR" => DataType::Utf8,
+        // Arroyo's JSON type: any JSON value, carried as its text.
+        "JSON" => DataType::Utf8,
         "BIGINT UNSIGNED" => DataType::UInt64,
         "BIGINT" => DataType::Int64,
         "INT" | "INTEGER" => DataType::Int32,

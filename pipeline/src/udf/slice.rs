@@ -30,20 +30,7 @@ use datafusion::common::{Result as DfResult, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use schemas::Dimensions;
-use serde::{Deserialize, Serialize};
 use udfs::slice::{SliceLearner, WeightedRequest};
-
-/// One request as `request_row` writes it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Row {
-    route: String,
-    method: String,
-    upstream: String,
-    #[serde(default)]
-    dimensions: Dimensions,
-    sample_rate: f64,
-}
 
 /// `request_row(route, method, upstream, dimensions_json, sample_rate) -> text`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -89,39 +76,22 @@ impl ScalarUDFImpl for RequestRow {
         let rate = rate.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
         let mut out = StringBuilder::new();
         for i in 0..args.number_rows {
-            if route.is_null(i) || rate.is_null(i) {
-                out.append_null();
-                continue;
-            }
-            let dimensions = if dims.is_null(i) {
-                Dimensions::new()
-            } else {
-                // The enforcer writes this column; a value that is not a flat string map
-                // contributes no dimensions rather than losing the row.
-                serde_json::from_str(dims.value(i)).unwrap_or_default()
-            };
-            let row = Row {
-                route: route.value(i).to_owned(),
-                method: value_or_empty(method, i),
-                upstream: value_or_empty(upstream, i),
-                dimensions,
-                sample_rate: rate.value(i),
-            };
-            match serde_json::to_string(&row) {
-                Ok(s) => out.append_value(s),
-                Err(_) => out.append_null(),
-            }
+            // The plain function the Arroyo wrapper calls too.
+            out.append_option(udfs::sql::request_row(
+                text_at(route, i),
+                text_at(method, i),
+                text_at(upstream, i),
+                text_at(dims, i),
+                (!rate.is_null(i)).then(|| rate.value(i)),
+            ));
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 
-fn value_or_empty(a: &datafusion::arrow::array::StringArray, i: usize) -> String {
-    if a.is_null(i) {
-        String::new()
-    } else {
-        a.value(i).to_owned()
-    }
+/// Row `i` of a text column, `None` for NULL.
+fn text_at(a: &datafusion::arrow::array::StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
 }
 
 /// `learn_slice(error_rows, traffic_rows, route_counts) -> struct`.
@@ -279,19 +249,21 @@ fn lists(array: &ArrayRef, i: usize) -> DfResult<Vec<Option<String>>> {
 fn requests(rows: &[Option<String>], skipped: &mut u64) -> Vec<WeightedRequest> {
     rows.iter()
         .flatten()
-        .filter_map(|text| match serde_json::from_str::<Row>(text) {
-            Ok(r) => Some(WeightedRequest::new(
-                &r.route,
-                &r.method,
-                &r.upstream,
-                &r.dimensions,
-                r.sample_rate,
-            )),
-            Err(_) => {
-                *skipped += 1;
-                None
-            }
-        })
+        .filter_map(
+            |text| match serde_json::from_str::<udfs::sql::RequestRow>(text) {
+                Ok(r) => Some(WeightedRequest::new(
+                    &r.route,
+                    &r.method,
+                    &r.upstream,
+                    &r.dimensions,
+                    r.sample_rate,
+                )),
+                Err(_) => {
+                    *skipped += 1;
+                    None
+                }
+            },
+        )
         .collect()
 }
 

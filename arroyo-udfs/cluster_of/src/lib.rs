@@ -1,0 +1,21 @@
+/*
+[dependencies]
+arroyo-udf-plugin = "0.2.0"
+udfs = { git = "{{ LAG_UDFS_GIT }}", rev = "{{ LAG_UDFS_REV }}" }
+*/
+
+//! `cluster_of(text) -> Option<String>` for Arroyo: a thin wrapper over `udfs::sql::cluster_of`, the same function
+//! the embedded engine registers with DataFusion (pipeline/src/udf/mod.rs).
+//!
+//! This file is posted verbatim as the UDF definition by `pipeline submit --arroyo`; the
+//! comment above is the dependency header Arroyo's compiler turns into the crate's Cargo.toml
+//! (`{{ NAME }}` is filled from the compiler's environment, or by `--udfs-git/--udfs-rev`).
+
+use arroyo_udf_plugin::udf;
+
+/// Embeds new templates and assigns the nearest failure cluster, in this worker's cluster index.
+/// NULL or unusable text gives NULL, never a panic.
+#[udf]
+pub fn cluster_of(text: Option<&str>) -> Option<String> {
+    udfs::sql::cluster_of(text)
+}
