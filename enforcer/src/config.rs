@@ -841,6 +841,8 @@ fn default_queue_capacity() -> usize {
 pub const ETCD_ENDPOINTS_ENV: &str = "LAG_ETCD_ENDPOINTS";
 /// Overrides `events.kafka.brokers` in [`Config::apply_env`].
 pub const KAFKA_BROKERS_ENV: &str = "LAG_KAFKA_BROKERS";
+/// Overrides `cluster_limits.redis_url` in [`Config::apply_env`].
+pub const REDIS_URL_ENV: &str = "LAG_REDIS_URL";
 
 impl Config {
     /// Reads, parses and validates a file.
@@ -869,7 +871,8 @@ impl Config {
     /// Applies the distributed mode's environment overrides, then validates again:
     /// `LAG_ETCD_ENDPOINTS` (comma-separated URLs) replaces `policies.etcd.endpoints` when the
     /// policy source is etcd, and `LAG_KAFKA_BROKERS` replaces `events.kafka.brokers` when the
-    /// sink is Kafka. One config file (a Kubernetes ConfigMap) then serves every environment,
+    /// sink is Kafka, and `LAG_REDIS_URL` replaces `cluster_limits.redis_url` when the file has
+    /// `cluster_limits`. One config file (a Kubernetes ConfigMap) then serves every environment,
     /// the endpoints coming from the pod's env. Unset or empty variables change nothing, and
     /// neither variable adds a section the file does not have. `var` looks a variable up
     /// (`std::env::var` in the binaries); returns the names of the variables applied.
@@ -892,6 +895,12 @@ impl Config {
         {
             kafka.brokers = v.trim().to_owned();
             applied.push(KAFKA_BROKERS_ENV);
+        }
+        if let Some(limits) = self.cluster_limits.as_mut()
+            && let Some(v) = set(REDIS_URL_ENV)
+        {
+            limits.redis_url = v.trim().to_owned();
+            applied.push(REDIS_URL_ENV);
         }
         self.validate().map_err(|e| match e {
             ConfigError::Invalid { path, message } => ConfigError::Invalid {
@@ -1296,6 +1305,32 @@ mod tests {
         assert_eq!(etcd.snapshot_key(), "/lag/policies/snapshot");
         assert_eq!(etcd.dial_timeout_ms, 2_000);
         assert_eq!(etcd.request_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn redis_url_from_the_environment_only_where_the_file_has_cluster_limits() {
+        let env = |name: &str| (name == "LAG_REDIS_URL").then(|| "redis://redis-0:6379".to_owned());
+        let mut c = Config::parse(&format!(
+            "{MINIMAL}cluster_limits: {{redis_url: \"redis://127.0.0.1:6379\"}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.apply_env(env).unwrap(), ["LAG_REDIS_URL"]);
+        assert_eq!(c.cluster_limits.unwrap().redis_url, "redis://redis-0:6379");
+        let mut plain = Config::parse(MINIMAL).unwrap();
+        assert!(plain.apply_env(env).unwrap().is_empty());
+        assert!(plain.cluster_limits.is_none());
+        let mut c = Config::parse(&format!(
+            "{MINIMAL}cluster_limits: {{redis_url: \"redis://127.0.0.1:6379\"}}\n"
+        ))
+        .unwrap();
+        let err = c
+            .apply_env(|n| (n == "LAG_REDIS_URL").then(|| "rediss://r:6379".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cluster_limits.redis_url (from the environment)"),
+            "{err}"
+        );
     }
 
     #[test]
