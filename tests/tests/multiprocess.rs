@@ -10,10 +10,11 @@
 //! 4. etcd stops: both enforcers keep serving with their last policies.
 //! 5. Kafka stops: both enforcers keep serving and count the events they drop.
 //!
-//! Needs the binaries (`cargo build -p enforcer -p pipeline`; `make test` builds them first),
-//! Debian's `etcd` and the Kafka jars `deploy/services.sh` installs. Skips when
-//! `LAG_KAFKA_BROKERS` / `LAG_ETCD_ENDPOINTS` / `LAG_PG_URL` are unset (services not installed), fails under
-//! `CI=true`.
+//! The replicas share a cluster index in the shared PostgreSQL (a schema of the test's own)
+//! and template vectors in the shared Redis. Needs the binaries (`cargo build -p enforcer -p
+//! pipeline`; `make test` builds them first), Debian's `etcd` and the Kafka jars
+//! `deploy/services.sh` installs. Skips when `LAG_KAFKA_BROKERS` / `LAG_ETCD_ENDPOINTS` /
+//! `LAG_PG_URL` / `LAG_REDIS_URL` are unset (services not installed), fails under `CI=true`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,16 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Self {
+        // The services' variables would override the endpoints given here (the binaries
+        // read them from the environment): every child talks to the test's own services.
+        for var in [
+            "LAG_KAFKA_BROKERS",
+            "LAG_ETCD_ENDPOINTS",
+            "LAG_REDIS_URL",
+            "LAG_PIPELINE_PG_URL",
+        ] {
+            cmd.env_remove(var);
+        }
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
@@ -127,6 +138,18 @@ async fn pay(client: &Http, addr: SocketAddr, channel: &str) -> (u16, Option<Str
         Ok(Err(e)) => panic!("POST /pay through {addr}: {e}"),
         Err(_) => panic!("POST /pay through {addr}: no answer in 5 s"),
     }
+}
+
+/// Whether most of 20 alipay payments through `addr` are answered by a policy: a circuit
+/// break lets a few probes through while it ramps, so one request proves nothing.
+async fn mostly_rejected(client: &Http, addr: SocketAddr) -> bool {
+    let mut rejected = 0;
+    for _ in 0..20 {
+        if pay(client, addr, "alipay").await.1.is_some() {
+            rejected += 1;
+        }
+    }
+    rejected >= 10
 }
 
 async fn get_text(client: &Http, url: &str, token: Option<&str>) -> (u16, String) {
@@ -200,10 +223,11 @@ fn enforcer_yaml(port: u16, admin: u16, upstream: SocketAddr, brokers: &str, etc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
     // The shared services only say that Kafka and etcd are installed and expected here.
-    let (Some(_), Some(_), Some(pg_url)) = (
+    let (Some(_), Some(_), Some(pg_url), Some(redis_url)) = (
         require_service("LAG_KAFKA_BROKERS"),
         require_service("LAG_ETCD_ENDPOINTS"),
         require_service("LAG_PG_URL"),
+        require_service("LAG_REDIS_URL"),
     ) else {
         return;
     };
@@ -253,7 +277,8 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         proxies.push(SocketAddr::from(([127, 0, 0, 1], port)));
         admins.push(format!("http://127.0.0.1:{admin}"));
     }
-    // Two pipeline replicas in one consumer group, sharing one cluster index in PostgreSQL.
+    // Two pipeline replicas in one consumer group, sharing one cluster index in PostgreSQL
+    // and template vectors in Redis.
     let api_ports = [free_port(), free_port()];
     let replica = |i: usize, log: &str| {
         let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/incident.sql");
@@ -270,6 +295,7 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
                 .args(["--api-token", TOKEN])
                 .args(["--sql", sql])
                 .args(["--pg-url", &pg_url, "--pg-schema", &pg_schema])
+                .args(["--redis-url", &redis_url])
                 .env("RUST_LOG", "info"),
         )
     };
@@ -377,17 +403,34 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         "the slice is the failing channel: {}",
         policies[0]["slice"]
     );
-    // Both replicas' deciders hold the same one policy (the standby follows the topic).
+    // Both replicas' deciders hold the same one policy (the standby follows the topic, a
+    // moment behind the leader).
     for api in &apis {
-        let (status, body) =
-            get_text(&client, &format!("{api}/api/v1/policies"), Some(TOKEN)).await;
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        let ids: Vec<&str> = v["policies"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|p| p["cluster_id"].as_str()).collect())
-            .unwrap_or_default();
-        assert_eq!(ids, vec![cluster.as_str()], "{api}: {body}");
+        let held = eventually(
+            "both replicas hold the one policy",
+            Duration::from_secs(15),
+            &all,
+            || {
+                let c = client.clone();
+                let url = format!("{api}/api/v1/policies");
+                let want = cluster.clone();
+                async move {
+                    let (status, body) = get_text(&c, &url, Some(TOKEN)).await;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                    let ids: Vec<&str> = v["policies"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|p| p["cluster_id"].as_str()).collect())
+                        .unwrap_or_default();
+                    status == 200 && ids == [want.as_str()]
+                }
+            },
+        )
+        .await;
+        println!(
+            "{api} holds the policy ({:.1} s after the check began)",
+            held.as_secs_f64()
+        );
     }
 
     // 2. Kill the leader mid-incident: the other replica takes over.
@@ -442,7 +485,7 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
     }
     for p in &proxies {
         assert!(
-            pay(&client, *p, "alipay").await.1.is_some(),
+            mostly_rejected(&client, *p).await,
             "still enforced once the survivor owns every partition\n{}",
             live.iter().map(|p| p.tail()).collect::<Vec<_>>().join("\n")
         );
@@ -515,7 +558,7 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (p, admin) in proxies.iter().zip(&admins) {
         assert!(
-            pay(&client, *p, "alipay").await.1.is_some(),
+            mostly_rejected(&client, *p).await,
             "policy kept without etcd"
         );
         assert_eq!(pay(&client, *p, "wechat").await, (200, None));

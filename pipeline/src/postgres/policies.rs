@@ -70,6 +70,10 @@ impl<P: PolicyPublisher> PolicyPublisher for PgPolicyPublisher<P> {
         }
         Ok(())
     }
+
+    fn is_standby(&self) -> bool {
+        self.inner.is_standby()
+    }
 }
 
 /// Writes published snapshots (the newest waiting one) until `shutdown`.
