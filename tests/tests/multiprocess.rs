@@ -541,6 +541,17 @@ async fn two_enforcers_and_two_pipelines_ride_out_failover_and_outages() {
         },
     )
     .await;
+    eventually(
+        "the restarted replica's API answers",
+        Duration::from_secs(30),
+        &[restarted],
+        || {
+            let c = client.clone();
+            let url = format!("{}/health", apis[dead]);
+            async move { get_text(&c, &url, None).await.0 == 200 }
+        },
+    )
+    .await;
     let after = similar(apis[dead].clone())
         .await
         .expect("a similar cluster");

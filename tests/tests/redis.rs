@@ -100,7 +100,9 @@ fn enforcer(url: &str, prefix: &str, shutdown: &CancellationToken) -> Enforcer {
         enforcers: 2,
         sync_interval_ms: 20,
         lease_ms: 1_000,
-        request_timeout_ms: 50,
+        // Generous: these tests are about sharing, and a loaded 2-core CI machine can stall
+        // a loopback round trip past the default 50 ms (which would count as a fallback).
+        request_timeout_ms: 500,
     };
     let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
     let limits = ClusterLimits::new(config.clone(), &metrics);
@@ -205,7 +207,7 @@ async fn two_gateways_answer_429_beyond_the_cluster_wide_rate() {
     for _ in 0..2 {
         let yaml = format!(
             "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nworkers: 1\nevents: {{sink: discard}}\n\
-             cluster_limits: {{redis_url: {url:?}, key_prefix: {prefix:?}, enforcers: 2}}\n\
+             cluster_limits: {{redis_url: {url:?}, key_prefix: {prefix:?}, enforcers: 2, request_timeout_ms: 500}}\n\
              routes:\n  - name: pay\n    upstreams: [\"http://{upstream}\"]\n"
         );
         let config = Config::parse(&yaml).expect("config");
