@@ -93,3 +93,74 @@ pub fn call(run: RunFn, columns: Vec<ArrayData>) -> Result<ArrayRef, CallError> 
         RunResult::Err => Err(CallError::Panicked),
     }
 }
+
+/// Arrow 51 as the wrappers see it, for [`text_udf_tests!`].
+pub use arroyo_udf_plugin::arrow;
+
+/// The rows every one-text-argument wrapper is checked on: NULL, empty, blank, masked
+/// fields, Chinese text, and two messages of one template.
+pub const TEXT_ROWS: &[Option<&str>] = &[
+    Some("dial tcp 10.0.0.1:5432: connect: connection refused"),
+    None,
+    Some(""),
+    Some("   "),
+    Some("call 13812345678 or mail a@b.io about order 42"),
+    Some("Redis 连接被拒绝 10.0.0.2:6379"),
+    Some("dial tcp 10.9.9.9:5432: connect: connection refused"),
+];
+
+/// The tests of a one-text-argument wrapper `$krate::$name` over `udfs::sql::$name`: the
+/// exported `__run` (linked in, over [`TEXT_ROWS`] plus 1 MiB of text) and the built cdylib
+/// (loaded as Arroyo's worker loads it) give, row for row, what the plain function gives,
+/// NULLs included; and the crate's Rust function is the plain function. `$array` is the
+/// declared return column type; `|a, i| expr` reads row `i` of it as the plain function's
+/// `Option<T>` payload.
+#[macro_export]
+macro_rules! text_udf_tests {
+    ($krate:ident :: $name:ident, $array:ident, |$a:ident, $i:ident| $value:expr) => {
+        /// Checks one result column against the plain function over `rows`.
+        fn check(out: &$crate::arrow::array::ArrayRef, rows: &[Option<&str>]) {
+            use $crate::arrow::array::Array as _;
+            let a = out
+                .as_any()
+                .downcast_ref::<$crate::arrow::array::$array>()
+                .expect("the declared return type");
+            assert_eq!(a.len(), rows.len());
+            for (i, row) in rows.iter().enumerate() {
+                let got = (!a.is_null(i)).then(|| {
+                    let ($a, $i) = (a, i);
+                    $value
+                });
+                assert_eq!(got, udfs::sql::$name(*row), "row {i}: {row:?}");
+            }
+        }
+
+        #[test]
+        fn batch_matches_the_plain_function_row_for_row() {
+            use $crate::arrow::array::Array as _;
+            let huge = "x".repeat(1 << 20);
+            let mut rows = $crate::TEXT_ROWS.to_vec();
+            rows.push(Some(&huge));
+            let out = $crate::call_text($krate::__run, &rows).expect("the UDF ran");
+            check(&out, &rows);
+            assert!(out.is_null(1), "NULL in, NULL out");
+        }
+
+        #[test]
+        fn the_rust_function_is_the_plain_function() {
+            for row in $crate::TEXT_ROWS {
+                assert_eq!($krate::$name(*row), udfs::sql::$name(*row));
+            }
+        }
+
+        /// The built cdylib, loaded as Arroyo's worker loads it, gives the same rows. (Its
+        /// copy of the template miner and cluster index is its own, as on an Arroyo worker.)
+        #[test]
+        fn the_built_cdylib_gives_the_same_rows() {
+            let udf =
+                $crate::LoadedUdf::from_target_dir(stringify!($krate)).expect("the cdylib loads");
+            let out = udf.call_text($crate::TEXT_ROWS).expect("the UDF ran");
+            check(&out, $crate::TEXT_ROWS);
+        }
+    };
+}
