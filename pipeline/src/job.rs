@@ -283,29 +283,12 @@ impl Job {
                 () = shutdown.cancelled() => break,
                 batch = source.next_batch(self.config.max_batch) => {
                     let Some(batch) = batch else { break };
-                    if let Err(e) = self.engine.push_records(&batch).await {
-                        self.metrics.errors.with_label_values(&["engine"]).inc();
-                        tracing::error!(error = %e, records = batch.len(), "window evaluation failed");
-                    }
+                    self.push(&batch).await;
                 }
-                _ = tick.tick() => {
-                    let lagged = wall_ms() - self.config.idle_lag_ms;
-                    if let Err(e) = self.engine.advance_watermark(lagged).await {
-                        self.metrics.errors.with_label_values(&["engine"]).inc();
-                        tracing::error!(error = %e, "window evaluation failed");
-                    }
-                    self.prune();
-                    let mut step = lock(&self.decider).expire(wall_ms());
-                    if step.snapshot.is_none() {
-                        // Retry a snapshot the publisher refused, unless a newer one replaced it.
-                        step.snapshot = self.pending.take();
-                    }
-                    let _ = self.publish(step, &mut publisher).await;
-                }
+                _ = tick.tick() => self.on_tick(&mut publisher).await,
                 Some((command, reply)) = self.commands.recv() => {
                     let step = self.command(command);
-                    let published = self.publish(step, &mut publisher).await;
-                    let _ = reply.send(published);
+                    let _ = reply.send(self.publish(step, &mut publisher).await);
                 }
             }
             let step = self.decide();
@@ -345,10 +328,7 @@ impl Job {
                 () = shutdown.cancelled() => break,
                 batch = source.next_batch(self.config.max_batch), if unsent.is_none() => {
                     let Some(batch) = batch else { break };
-                    if let Err(e) = self.engine.push_records(&batch).await {
-                        self.metrics.errors.with_label_values(&["engine"]).inc();
-                        tracing::error!(error = %e, records = batch.len(), "window evaluation failed");
-                    }
+                    self.push(&batch).await;
                 }
                 message = decisions_in.next() => {
                     let step = match message.map(|m| policies_topic::decode(&m, wall_ms())) {
@@ -375,23 +355,10 @@ impl Job {
                     };
                     let _ = self.publish(step, &mut publisher).await;
                 }
-                _ = tick.tick() => {
-                    let lagged = wall_ms() - self.config.idle_lag_ms;
-                    if let Err(e) = self.engine.advance_watermark(lagged).await {
-                        self.metrics.errors.with_label_values(&["engine"]).inc();
-                        tracing::error!(error = %e, "window evaluation failed");
-                    }
-                    self.prune();
-                    let mut step = lock(&self.decider).expire(wall_ms());
-                    if step.snapshot.is_none() {
-                        step.snapshot = self.pending.take();
-                    }
-                    let _ = self.publish(step, &mut publisher).await;
-                }
+                _ = tick.tick() => self.on_tick(&mut publisher).await,
                 Some((command, reply)) = self.commands.recv() => {
                     let step = self.command(command);
-                    let published = self.publish(step, &mut publisher).await;
-                    let _ = reply.send(published);
+                    let _ = reply.send(self.publish(step, &mut publisher).await);
                 }
             }
             if unsent.is_none() {
@@ -422,6 +389,31 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// Pushes records through the engine; a failed window evaluation is logged and counted.
+    async fn push(&mut self, batch: &[schemas::GatewayRecord]) {
+        if let Err(e) = self.engine.push_records(batch).await {
+            self.metrics.errors.with_label_values(&["engine"]).inc();
+            tracing::error!(error = %e, records = batch.len(), "window evaluation failed");
+        }
+    }
+
+    /// The wall clock's turn: close windows the quiet moved past, forget idle clusters, let
+    /// policies expire, and retry a snapshot the publisher refused (unless a newer one
+    /// replaced it).
+    async fn on_tick<P: PolicyPublisher>(&mut self, publisher: &mut P) {
+        let lagged = wall_ms() - self.config.idle_lag_ms;
+        if let Err(e) = self.engine.advance_watermark(lagged).await {
+            self.metrics.errors.with_label_values(&["engine"]).inc();
+            tracing::error!(error = %e, "window evaluation failed");
+        }
+        self.prune();
+        let mut step = lock(&self.decider).expire(wall_ms());
+        if step.snapshot.is_none() {
+            step.snapshot = self.pending.take();
+        }
+        let _ = self.publish(step, publisher).await;
     }
 
     /// Forgets clusters idle for 10 minutes, and their metric labels.

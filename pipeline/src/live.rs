@@ -27,7 +27,7 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
         .apply_env(|name| std::env::var(name).ok())
         .with_context(|| args.config.display().to_string())?;
     // New templates are embedded by the process-wide clusterer the SQL's cluster_of uses.
-    udfs::sql::install_embedder(crate::offline::embedder(args.embedder)?);
+    udfs::sql::install_embedder(crate::offline::embedder(args.job.embedder)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,8 +35,8 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
     runtime.block_on(async move {
         init_logs();
         let registry = prometheus::Registry::new();
-        install_redis_cache(args.redis_url.as_deref(), &registry)?;
-        let pg = start_postgres(&args.pg, &registry).await?;
+        install_redis_cache(args.job.redis_url.as_deref(), &registry)?;
+        let pg = start_postgres(&args.job.pg, &registry).await?;
         let shutdown = CancellationToken::new();
         if let Some(addr) = upstream {
             let up = enforcer::demo::start(addr, Default::default(), shutdown.child_token())
@@ -44,12 +44,9 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
                 .with_context(|| format!("demo upstream on {addr}"))?;
             eprintln!("demo upstream on http://{up}");
         }
-        let (token, generated) = match args.api_token {
-            Some(t) if !t.is_empty() => (t, false),
-            _ => (random_token()?, true),
-        };
-        let mut job = JobConfig::new(args.sql);
-        job.global_shadow = args.shadow;
+        let (token, generated) = api_token(args.job.api_token.clone())?;
+        let mut job = JobConfig::new(args.job.sql);
+        job.global_shadow = args.job.shadow;
         let source = match args.source {
             SourceChoice::Embedded => JobSource::Embedded,
             SourceChoice::Kafka => {
@@ -67,7 +64,7 @@ pub fn run(args: LiveArgs, upstream: Option<SocketAddr>) -> anyhow::Result<()> {
             job,
             source,
             pg,
-            args.api_listen,
+            args.job.api_listen,
             token.clone(),
             &registry,
             shutdown.clone(),
@@ -127,7 +124,7 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
         !args.etcd_endpoints.is_empty(),
         "--etcd-endpoints (or LAG_ETCD_ENDPOINTS) is required"
     );
-    udfs::sql::install_embedder(crate::offline::embedder(args.embedder)?);
+    udfs::sql::install_embedder(crate::offline::embedder(args.job.embedder)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,10 +132,7 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         init_logs();
         let shutdown = CancellationToken::new();
-        let (token, generated) = match args.api_token {
-            Some(t) if !t.is_empty() => (t, false),
-            _ => (random_token()?, true),
-        };
+        let (token, generated) = api_token(args.job.api_token.clone())?;
         let instance = args.instance.unwrap_or_else(embedded::instance_name);
         let mut kafka = KafkaSourceConfig::new(args.kafka_brokers.clone(), args.kafka_group);
         kafka.topic_prefix = args.kafka_topic_prefix;
@@ -146,8 +140,8 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
         etcd.prefix = args.etcd_prefix;
         etcd.lease_ttl_s = args.etcd_lease_ttl_s;
         let registry = prometheus::Registry::new();
-        install_redis_cache(args.redis_url.as_deref(), &registry)?;
-        let postgres = start_postgres(&args.pg, &registry).await?;
+        install_redis_cache(args.job.redis_url.as_deref(), &registry)?;
+        let postgres = start_postgres(&args.job.pg, &registry).await?;
         let config = ReplicaConfig {
             postgres,
             kafka,
@@ -158,12 +152,12 @@ pub fn replica(args: JobArgs) -> anyhow::Result<()> {
             },
             etcd,
         };
-        let mut job = JobConfig::new(args.sql);
-        job.global_shadow = args.shadow;
+        let mut job = JobConfig::new(args.job.sql);
+        job.global_shadow = args.job.shadow;
         let r = distributed::start(
             job,
             config,
-            args.api_listen,
+            args.job.api_listen,
             token.clone(),
             &registry,
             shutdown.clone(),
@@ -188,6 +182,14 @@ fn init_logs() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The given API token, or a random one; `true` when generated (it is printed then).
+fn api_token(given: Option<String>) -> anyhow::Result<(String, bool)> {
+    match given {
+        Some(t) if !t.is_empty() => Ok((t, false)),
+        _ => Ok((random_token()?, true)),
+    }
 }
 
 fn random_token() -> anyhow::Result<String> {

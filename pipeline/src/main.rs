@@ -61,21 +61,8 @@ struct LiveArgs {
     /// policies `embedded`, or `etcd` to publish through etcd when this replica leads).
     #[arg(long, default_value = "deploy/enforcer.demo.yaml")]
     config: PathBuf,
-    /// The job's SQL files, in order.
-    #[arg(long = "sql", default_value = "sql/incident.sql")]
-    sql: Vec<PathBuf>,
-    /// Where the operator API listens.
-    #[arg(long, default_value = "127.0.0.1:9091")]
-    api_listen: SocketAddr,
-    /// Bearer token for the operator API; a random one is generated and printed when unset.
-    #[arg(long, env = "PIPELINE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// Issue every policy in shadow mode (count what would be rejected; reject nothing).
-    #[arg(long)]
-    shadow: bool,
-    /// Embedder for new templates in `cluster_of` (e5: the built-in multilingual model).
-    #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
-    embedder: EmbedderChoice,
+    #[command(flatten)]
+    job: JobCommon,
     /// Where the job reads records: the enforcer's in-process queue (`events.sink: embedded`)
     /// or Kafka (`events.sink: kafka`; every enforcer writing the topics is read).
     #[arg(long, value_enum, default_value_t = SourceChoice::Embedded)]
@@ -89,6 +76,26 @@ struct LiveArgs {
     /// Topic prefix for `--source kafka` (the enforcers' `events.kafka.topic_prefix`).
     #[arg(long, default_value = schemas::names::DEFAULT_TOPIC_PREFIX)]
     kafka_topic_prefix: String,
+}
+
+/// The job's own settings, the same for `demo`, `run` and `job`.
+#[derive(Debug, clap::Args)]
+struct JobCommon {
+    /// The job's SQL files, in order.
+    #[arg(long = "sql", default_value = "sql/incident.sql")]
+    sql: Vec<PathBuf>,
+    /// Where the operator API (and /health, /metrics) listens.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    api_listen: SocketAddr,
+    /// Bearer token for the operator API; a random one is generated and printed when unset.
+    #[arg(long, env = "PIPELINE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Issue every policy in shadow mode (count what would be rejected; reject nothing).
+    #[arg(long)]
+    shadow: bool,
+    /// Embedder for new templates in `cluster_of` (e5: the built-in multilingual model).
+    #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
+    embedder: EmbedderChoice,
     /// Share template vectors with the other replicas through Redis (`redis://host:port`):
     /// the model runs only for templates no replica has embedded. Unset: no sharing.
     #[arg(long, env = "LAG_REDIS_URL")]
@@ -144,27 +151,8 @@ struct JobArgs {
     /// This replica's name (leader key value, decision batch key); default host/pid.
     #[arg(long)]
     instance: Option<String>,
-    /// The job's SQL files, in order.
-    #[arg(long = "sql", default_value = "sql/incident.sql")]
-    sql: Vec<PathBuf>,
-    /// Where the operator API (and /health, /metrics) listens.
-    #[arg(long, default_value = "127.0.0.1:9091")]
-    api_listen: SocketAddr,
-    /// Bearer token for the operator API; a random one is generated and printed when unset.
-    #[arg(long, env = "PIPELINE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// Issue every policy in shadow mode.
-    #[arg(long)]
-    shadow: bool,
-    /// Embedder for new templates in `cluster_of`.
-    #[arg(long, value_enum, default_value_t = EmbedderChoice::E5)]
-    embedder: EmbedderChoice,
-    /// Share template vectors with the other replicas through Redis (`redis://host:port`):
-    /// the model runs only for templates no replica has embedded. Unset: no sharing.
-    #[arg(long, env = "LAG_REDIS_URL")]
-    redis_url: Option<String>,
     #[command(flatten)]
-    pg: PgArgs,
+    job: JobCommon,
 }
 
 /// Where the live job reads records.
