@@ -1,8 +1,11 @@
 //! Services of a test's own, on free loopback ports, so a test can stop and restart them
 //! without disturbing the shared ones `deploy/services.sh up` started for every test.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// An etcd of our own on free loopback ports, so it can be stopped and restarted without
 /// disturbing the shared one.
@@ -153,4 +156,62 @@ impl Drop for OwnKafka {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A redis-server of our own on `port` (no persistence); killed on drop.
+#[derive(Debug)]
+pub struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts it and waits (up to 10 s) until it answers PING.
+    pub fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pong(port) {
+            assert!(Instant::now() < deadline, "own redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a Redis server on `port` answers an inline PING with `+PONG`.
+fn pong(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }

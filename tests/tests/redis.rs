@@ -13,13 +13,12 @@
 //! when unset under `CI=true`. Every test uses its own key prefix on the shared server. The
 //! outage test starts and kills its own `redis-server` on a free port, never the shared one.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use e2e::own::{OwnRedis, free_port};
 use e2e::require_service;
 use enforcer::clock::Clock;
 use enforcer::cluster_bucket::{ClusterLimits, Refiller};
@@ -44,13 +43,6 @@ fn unique_prefix(test: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("lag-test:{test}:{}-{nanos}:", std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 // ---------------------------------------------------------------- cluster-wide buckets
@@ -264,58 +256,6 @@ async fn two_gateways_answer_429_beyond_the_cluster_wide_rate() {
     shutdown.cancel();
     for gw in gateways {
         gw.shutdown().await;
-    }
-}
-
-/// A redis-server of this test's own; killed on drop.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let url = format!("redis://127.0.0.1:{port}");
-        loop {
-            let up = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if up {
-                break;
-            }
-            assert!(Instant::now() < deadline, "own redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
