@@ -16,6 +16,11 @@
 //! per request inside it. How the estimate behaves at low volume is documented on
 //! [`udfs::slice`]. A row that does not decode is skipped (and counted in `skipped`), never an
 //! error that would fail the window.
+//!
+//! A window's lists repeat the same few rows many times (a slice is exactly that: many
+//! requests sharing attributes), so each distinct row text is decoded once and its copies are
+//! merged into one request carrying their summed weight; the learner only ever sums weights,
+//! so what it learns is unchanged, and `samples` still counts rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -177,15 +182,17 @@ impl ScalarUDFImpl for LearnSlice {
         let (mut samples_out, mut skipped_out) = (UInt64Builder::new(), UInt64Builder::new());
         for i in 0..n {
             let mut skipped = 0u64;
-            let errors = requests(&lists(&arrays[0], i)?, &mut skipped);
-            let traffic = requests(&lists(&arrays[1], i)?, &mut skipped);
-            let counts = route_counts(&lists(&arrays[2], i)?, &mut skipped);
+            let (errors, _) = requests(list(&arrays[0], i)?.as_ref(), &mut skipped);
+            let (traffic, traffic_rows) = requests(list(&arrays[1], i)?.as_ref(), &mut skipped);
+            let counts = route_counts(list(&arrays[2], i)?.as_ref(), &mut skipped);
             let learned = self.learner.learn(&errors, &traffic, &counts);
             let in_slice_samples = learned.as_ref().map_or(0, |l| {
                 traffic
                     .iter()
-                    .filter(|t| udfs::slice::matches(&l.slice, t))
-                    .count() as u64
+                    .zip(&traffic_rows)
+                    .filter(|(t, _)| udfs::slice::matches(&l.slice, t))
+                    .map(|(_, rows)| rows)
+                    .sum()
             });
             match learned {
                 Some(l) => {
@@ -225,52 +232,62 @@ impl ScalarUDFImpl for LearnSlice {
     }
 }
 
-/// The text values of row `i` of a list column (empty for NULL).
-fn lists(array: &ArrayRef, i: usize) -> DfResult<Vec<Option<String>>> {
-    fn of<O: OffsetSizeTrait>(l: &GenericListArray<O>, i: usize) -> DfResult<Vec<Option<String>>> {
+/// The values of row `i` of a list column as text (`None` for NULL).
+fn list(array: &ArrayRef, i: usize) -> DfResult<Option<ArrayRef>> {
+    fn of<O: OffsetSizeTrait>(l: &GenericListArray<O>, i: usize) -> DfResult<Option<ArrayRef>> {
         if l.is_null(i) {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let values = cast(&l.value(i), &DataType::Utf8)?;
-        Ok(values
-            .as_string::<i32>()
-            .iter()
-            .map(|v| v.map(str::to_owned))
-            .collect())
+        Ok(Some(cast(&l.value(i), &DataType::Utf8)?))
     }
     match array.data_type() {
         DataType::List(_) => of(array.as_list::<i32>(), i),
         DataType::LargeList(_) => of(array.as_list::<i64>(), i),
-        DataType::Null => Ok(Vec::new()),
+        DataType::Null => Ok(None),
         other => exec_err!("learn_slice expects lists of text, got {other}"),
     }
 }
 
-fn requests(rows: &[Option<String>], skipped: &mut u64) -> Vec<WeightedRequest> {
-    rows.iter()
-        .flatten()
-        .filter_map(
-            |text| match serde_json::from_str::<udfs::sql::RequestRow>(text) {
-                Ok(r) => Some(WeightedRequest::new(
-                    &r.route,
-                    &r.method,
-                    &r.upstream,
-                    &r.dimensions,
-                    r.sample_rate,
-                )),
-                Err(_) => {
-                    *skipped += 1;
-                    None
-                }
-            },
-        )
-        .collect()
+/// The non-NULL texts of a list.
+fn texts(values: Option<&ArrayRef>) -> impl Iterator<Item = &str> {
+    values
+        .into_iter()
+        .flat_map(|v| v.as_string::<i32>().iter().flatten())
+}
+
+/// The requests of a list of `request_row` texts, each distinct text decoded once: one request
+/// per distinct row, weighing as much as all its copies, and how many rows each stands for.
+fn requests(values: Option<&ArrayRef>, skipped: &mut u64) -> (Vec<WeightedRequest>, Vec<u64>) {
+    let mut index: HashMap<&str, Option<usize>> = HashMap::new();
+    let (mut out, mut rows) = (Vec::new(), Vec::new());
+    for text in texts(values) {
+        let slot = *index.entry(text).or_insert_with(|| {
+            let r = serde_json::from_str::<udfs::sql::RequestRow>(text).ok()?;
+            out.push(WeightedRequest::new(
+                &r.route,
+                &r.method,
+                &r.upstream,
+                &r.dimensions,
+                r.sample_rate,
+            ));
+            rows.push(0);
+            Some(out.len() - 1)
+        });
+        match slot {
+            Some(i) => rows[i] += 1,
+            None => *skipped += 1,
+        }
+    }
+    for (r, n) in out.iter_mut().zip(&rows) {
+        r.weight *= *n as f64;
+    }
+    (out, rows)
 }
 
 /// `route=requests` entries, summed per route.
-fn route_counts(rows: &[Option<String>], skipped: &mut u64) -> HashMap<String, f64> {
+fn route_counts(values: Option<&ArrayRef>, skipped: &mut u64) -> HashMap<String, f64> {
     let mut out = HashMap::new();
-    for text in rows.iter().flatten() {
+    for text in texts(values) {
         match text
             .rsplit_once('=')
             .and_then(|(r, n)| Some((r, n.trim().parse::<f64>().ok()?)))
@@ -290,4 +307,122 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(RequestRow::default()),
         ScalarUDF::new_from_impl(LearnSlice::new(SliceLearner::default())),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, ListBuilder, StringBuilder};
+    use datafusion::common::config::ConfigOptions;
+    use schemas::Dimensions;
+
+    fn row(route: &str, channel: &str, rate: f64) -> String {
+        let dims: Dimensions = [("body:channel".to_string(), channel.to_string())].into();
+        udfs::sql::request_row(
+            Some(route),
+            Some("POST"),
+            Some("pay"),
+            serde_json::to_string(&dims).ok().as_deref(),
+            Some(rate),
+        )
+        .unwrap()
+    }
+
+    fn list_of(rows: &[String]) -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for r in rows {
+            b.values().append_value(r);
+        }
+        b.append(true);
+        Arc::new(b.finish())
+    }
+
+    fn decoded(rows: &[String]) -> Vec<WeightedRequest> {
+        rows.iter()
+            .filter_map(|t| serde_json::from_str::<udfs::sql::RequestRow>(t).ok())
+            .map(|r| {
+                WeightedRequest::new(
+                    &r.route,
+                    &r.method,
+                    &r.upstream,
+                    &r.dimensions,
+                    r.sample_rate,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeated_rows_are_decoded_once_and_learn_what_every_copy_would() {
+        // 40 alipay errors (some sampled at 0.5), 4 wechat; traffic mostly wechat.
+        let mut errors: Vec<String> = (0..30).map(|_| row("pay", "alipay", 1.0)).collect();
+        errors.extend((0..10).map(|_| row("pay", "alipay", 0.5)));
+        errors.extend((0..4).map(|_| row("pay", "wechat", 1.0)));
+        errors.extend(["not json".to_string(), "not json".to_string()]);
+        let mut traffic: Vec<String> = (0..60).map(|_| row("pay", "wechat", 1.0)).collect();
+        traffic.extend((0..25).map(|_| row("pay", "alipay", 1.0)));
+        let counts = vec!["pay=1000".to_string()];
+
+        let learner = SliceLearner::default();
+        let want = learner
+            .learn(
+                &decoded(&errors),
+                &decoded(&traffic),
+                &[("pay".to_string(), 1000.0)].into(),
+            )
+            .unwrap();
+
+        let udf = LearnSlice::new(learner);
+        let args = [list_of(&errors), list_of(&traffic), list_of(&counts)];
+        let arg_fields = args
+            .iter()
+            .map(|a| Arc::new(Field::new("x", a.data_type().clone(), true)))
+            .collect();
+        let out = udf
+            .invoke_with_args(ScalarFunctionArgs {
+                args: args.iter().cloned().map(ColumnarValue::Array).collect(),
+                arg_fields,
+                number_rows: 1,
+                return_field: Arc::new(Field::new(
+                    "out",
+                    DataType::Struct(LearnSlice::fields()),
+                    true,
+                )),
+                config_options: Arc::new(ConfigOptions::default()),
+            })
+            .unwrap();
+        let ColumnarValue::Array(out) = out else {
+            panic!("an array")
+        };
+        let out = out.as_struct();
+        let f64_at = |name: &str| {
+            out.column_by_name(name)
+                .unwrap()
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .value(0)
+        };
+        let u64_at = |name: &str| {
+            out.column_by_name(name)
+                .unwrap()
+                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                .value(0)
+        };
+        let slice = out
+            .column_by_name("slice")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0);
+        assert_eq!(slice, serde_json::to_string(&want.slice).unwrap());
+        assert!(slice.contains("alipay"), "{slice}");
+        assert!((f64_at("errors") - want.errors).abs() < 1e-9);
+        assert!((f64_at("errors") - 50.0).abs() < 1e-9, "30 + 10 x 2");
+        assert!((f64_at("traffic") - want.traffic).abs() < 1e-9);
+        assert!((f64_at("coverage") - want.coverage).abs() < 1e-9);
+        assert_eq!(
+            u64_at("samples"),
+            25,
+            "traffic rows in the slice, not distinct rows"
+        );
+        assert_eq!(u64_at("skipped"), 2, "each undecodable copy");
+    }
 }
