@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed setup should abort the test loudly
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
@@ -14,7 +15,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
 };
 use pipeline::engine::{Engine, EngineError, JobSpec, SinkOutput, Window};
 use schemas::event::{EVENT_SCHEMA_VERSION, ErrorEvent, ErrorKind, GatewayRecord, RouteCounts};
@@ -456,6 +457,109 @@ async fn the_udfs_crate_functions_are_callable_from_sql() {
     assert_eq!(a["emb"].len(), 2 * dim, "packed f32, shown as hex");
 }
 
+/// A UDF `tag(text) -> text` (upper case) that counts the rows it is called on.
+fn counting_tag_udf() -> (ScalarUDF, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let udf = create_udf(
+        "tag",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let rows = ColumnarValue::values_to_arrays(args)?;
+            let text = rows[0].as_any().downcast_ref::<StringArray>().unwrap();
+            counted.fetch_add(text.len(), Ordering::SeqCst);
+            let upper: StringArray = text.iter().map(|v| v.map(str::to_uppercase)).collect();
+            Ok(ColumnarValue::Array(Arc::new(upper)))
+        }),
+    );
+    (udf, calls)
+}
+
+/// Ten rows at 0..9 s, keys alternating a / b, through a 5 s window sliding by 1 s.
+async fn run_hop_with_tag(query: &str) -> (Vec<(Window, Row)>, usize, String) {
+    let sql = format!(
+        "CREATE TABLE t (ts TIMESTAMP, k TEXT, v BIGINT, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'kafka');\n\
+         CREATE TABLE out WITH (connector = 'kafka', type = 'sink');\n\
+         INSERT INTO out {query};"
+    );
+    let (mut engine, out) = engine_for(&[("tag.sql", &sql)]).unwrap();
+    let (udf, calls) = counting_tag_udf();
+    engine.register_udf(udf);
+    engine.validate().await.unwrap();
+    let keys = ["a", "b"];
+    let rows_in: Vec<(i64, &str, i64)> = (0..10)
+        .map(|i| (i * 1000, keys[i as usize % 2], i))
+        .collect();
+    engine.push_batch("t", batch(&rows_in)).await.unwrap();
+    engine.flush().await.unwrap();
+    let got = rows(&out.lock().unwrap(), "out");
+    (
+        got,
+        calls.load(Ordering::SeqCst),
+        engine.running_sql(0).unwrap(),
+    )
+}
+
+/// (window start s, tag, n) of the rows above: row i (key a when even) is in the windows
+/// that start at i - 4 ..= i seconds.
+fn expected_tag_counts() -> Vec<(i64, String, String)> {
+    let mut want = Vec::new();
+    for start in -4..10 {
+        for (key, parity) in [("A", 0), ("B", 1)] {
+            let n = (start.max(0)..start + 5)
+                .filter(|i| *i < 10 && i % 2 == parity)
+                .count();
+            if n > 0 {
+                want.push((start, key.to_string(), n.to_string()));
+            }
+        }
+    }
+    want.sort();
+    want
+}
+
+#[tokio::test]
+async fn a_udf_on_a_source_column_runs_once_per_row_not_once_per_window() {
+    let (got, calls, running) = run_hop_with_tag(
+        "SELECT HOP(INTERVAL '1 second', INTERVAL '5 seconds') AS window, tag(t.k) AS k, \
+         COUNT(*) AS n FROM t GROUP BY window, tag(k)",
+    )
+    .await;
+    assert_eq!(
+        calls, 10,
+        "each row once, not once per window it falls in (5)"
+    );
+    assert!(!running.contains("tag("), "{running}");
+    let mut counts: Vec<(i64, String, String)> = got
+        .iter()
+        .map(|(w, r)| (w.start_ms / 1000, r["k"].clone(), r["n"].clone()))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, expected_tag_counts());
+}
+
+#[tokio::test]
+async fn a_udf_whose_unnamed_result_names_a_column_still_runs_per_window() {
+    // Reading a hidden column would rename the output column `tag(t.k)`, so the query runs
+    // as written: same rows, same names, the call made in every window.
+    let (got, calls, running) = run_hop_with_tag(
+        "SELECT HOP(INTERVAL '1 second', INTERVAL '5 seconds') AS window, tag(k), \
+         COUNT(*) AS n FROM t GROUP BY window, tag(k)",
+    )
+    .await;
+    assert!(running.contains("tag(k)"), "{running}");
+    assert!(calls >= 50, "{calls}: each row in each of its 5 windows");
+    let mut counts: Vec<(i64, String, String)> = got
+        .iter()
+        .map(|(w, r)| (w.start_ms / 1000, r["tag(t.k)"].clone(), r["n"].clone()))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, expected_tag_counts());
+}
+
 // ---------------------------------------------------------------- sql/incident.sql end to end
 
 const T0: i64 = 1_700_000_000_000; // a multiple of 10 s
@@ -773,8 +877,16 @@ async fn every_shipped_sql_file_loads_and_plans() {
     for f in files {
         let spec = JobSpec::from_files(&[&f]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!spec.queries.is_empty(), "{}", f.display());
+        let queries = spec.queries.len();
         let mut engine = Engine::new(spec, Box::new(|_| {}));
         pipeline::udf::register(&mut engine);
         engine.validate().await.unwrap_or_else(|e| panic!("{e}"));
+        // Every per-row call on a source's columns runs once per row, as rows arrive.
+        for q in 0..queries {
+            let running = engine.running_sql(q).unwrap();
+            for call in ["cluster_of(", "template(", "request_row("] {
+                assert!(!running.contains(call), "{}: {running}", f.display());
+            }
+        }
     }
 }

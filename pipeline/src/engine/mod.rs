@@ -16,24 +16,30 @@
 //!
 //! HOP windows keep each row for the window width, so a query sees every row of its
 //! `[start, end)` span across slides — enough for growth against the previous slide in SQL.
+//!
+//! A UDF call on a source's columns (`cluster_of(message)`) runs once per row, when the row
+//! arrives, not once per window the row falls in ([`derive`]), as in Arroyo.
 
 pub mod convert;
+mod derive;
 pub mod rewrite;
 pub mod spec;
 pub mod window;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
+use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::ScalarUDF;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Expr, Spanned, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr, Query, Spanned, Visit, Visitor};
 use schemas::event::GatewayRecord;
 
 pub use spec::{EventTime, JobSpec, QuerySpec, TableKind, TableSpec};
@@ -102,6 +108,17 @@ pub enum EngineError {
     /// Arrow failed converting or slicing rows.
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
+    /// A row-level UDF call failed on arriving rows ([`derive`]); the rows are not buffered.
+    #[error("input for {table}: {call}: {source}")]
+    RowCall {
+        /// The source table.
+        table: String,
+        /// The call, as SQL.
+        call: String,
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
     /// DataFusion failed running a window's query.
     #[error("{file}:{line}: window [{start_ms}, {end_ms}): {source}")]
     Execution {
@@ -148,13 +165,24 @@ pub struct EngineStats {
     pub rows_out: u64,
 }
 
+/// A row-level UDF call computed on a source's rows as they arrive ([`derive`]).
+#[derive(Debug, Clone)]
+struct RowCall {
+    sql: String,
+    expr: Arc<dyn PhysicalExpr>,
+}
+
 /// One source's buffered rows and event-time state.
 #[derive(Debug)]
 struct SourceBuffer {
     schema: SchemaRef,
+    /// The buffered rows' schema: the declared columns, then one per row-level call.
+    buffered_schema: SchemaRef,
+    row_calls: Vec<RowCall>,
     ts_index: usize,
     lateness_ms: i64,
-    /// Batches with their rows' event times (ms), in arrival order.
+    /// Batches (declared columns, then row-level calls) with their rows' event times (ms), in
+    /// arrival order.
     batches: Vec<(RecordBatch, Int64Array)>,
     max_ts_ms: Option<i64>,
     /// Widest window of any query reading this source; 0 if none reads it.
@@ -166,7 +194,11 @@ struct SourceBuffer {
 /// The running job.
 pub struct Engine {
     spec: JobSpec,
+    /// The queries as run: the spec's, with row-level calls reading their hidden columns.
+    queries: Vec<Query>,
     ctx: SessionContext,
+    /// Lower-cased names (and aliases) of the registered UDFs.
+    udf_names: BTreeSet<String>,
     sources: BTreeMap<String, SourceBuffer>,
     sink: Sink,
     /// Every window ending at or before this has been evaluated.
@@ -209,6 +241,8 @@ impl Engine {
                 t.name.clone(),
                 SourceBuffer {
                     schema: t.schema.clone(),
+                    buffered_schema: t.schema.clone(),
+                    row_calls: Vec::new(),
                     ts_index,
                     lateness_ms: et.lateness_ms,
                     batches: Vec::new(),
@@ -219,8 +253,10 @@ impl Engine {
             );
         }
         Self {
+            queries: spec.queries.iter().map(|q| q.query.clone()).collect(),
             spec,
             ctx: SessionContext::new(),
+            udf_names: BTreeSet::new(),
             sources,
             sink,
             closed_until_ms: None,
@@ -233,6 +269,11 @@ impl Engine {
 
     /// Makes a scalar UDF callable from the job's SQL. Register before validating.
     pub fn register_udf(&mut self, udf: ScalarUDF) {
+        self.udf_names.extend(
+            std::iter::once(udf.name())
+                .chain(udf.aliases().iter().map(String::as_str))
+                .map(str::to_lowercase),
+        );
         self.ctx.register_udf(udf);
         self.validated = false;
     }
@@ -243,7 +284,8 @@ impl Engine {
     }
 
     /// Plans every query once over empty tables, so an unknown function or column fails now,
-    /// naming the file and line, rather than at the first window.
+    /// naming the file and line, rather than at the first window; then moves row-level UDF
+    /// calls to ingestion where the rewritten query plans to the same output.
     pub async fn validate(&mut self) -> Result<(), EngineError> {
         let empty: Vec<(String, SchemaRef)> = self
             .sources
@@ -257,19 +299,152 @@ impl Engine {
                     reason: e.to_string(),
                 })?;
         }
+        let mut outputs = Vec::with_capacity(self.spec.queries.len());
         for q in &self.spec.queries {
             let window = q.window.ending_at(q.window.width_ms());
             let sql = rewrite::for_window(&q.query, window);
-            if let Err(e) = self.ctx.sql(&sql).await {
-                return Err(EngineError::Plan {
-                    file: q.file.clone(),
-                    line: offending_line(q, &e.to_string()),
-                    reason: e.to_string(),
-                });
+            match self.ctx.sql(&sql).await {
+                Ok(df) => outputs.push(df.schema().as_arrow().clone()),
+                Err(e) => {
+                    return Err(EngineError::Plan {
+                        file: q.file.clone(),
+                        line: offending_line(q, &e.to_string()),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
+        self.derive_row_calls(&outputs).await?;
         self.validated = true;
         Ok(())
+    }
+
+    /// Finds the row-level calls ([`derive::plan`]), keeps each rewritten query that plans to
+    /// the same columns as the original (`outputs`), and computes the calls those queries read
+    /// on every buffered row. A call or query that does not plan stays as written.
+    async fn derive_row_calls(&mut self, outputs: &[Schema]) -> Result<(), EngineError> {
+        let buffered: BTreeMap<String, SchemaRef> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| !s.readers.is_empty())
+            .map(|(n, s)| (n.clone(), s.schema.clone()))
+            .collect();
+        let plan = derive::plan(&self.spec, &buffered, &self.udf_names);
+        let mut built: BTreeMap<(String, String), (Field, RowCall)> = BTreeMap::new();
+        for (source, calls) in &plan.calls {
+            let schema = &buffered[source];
+            let df_schema =
+                DFSchema::try_from(schema.as_ref().clone()).map_err(|e| EngineError::Input {
+                    table: source.clone(),
+                    reason: e.to_string(),
+                })?;
+            for call in calls {
+                let expr = self
+                    .ctx
+                    .parse_sql_expr(&call.sql, &df_schema)
+                    .and_then(|e| self.ctx.create_physical_expr(e, &df_schema))
+                    .and_then(|p| Ok((p.data_type(schema)?, p)));
+                match expr {
+                    Ok((data_type, expr)) => {
+                        let field = Field::new(&call.column, data_type, true);
+                        let call = RowCall {
+                            sql: call.sql.clone(),
+                            expr,
+                        };
+                        built.insert((source.clone(), field.name().clone()), (field, call));
+                    }
+                    Err(e) => tracing::debug!(
+                        table = %source, call = %call.sql, error = %e,
+                        "row-level call left to the window queries"
+                    ),
+                }
+            }
+        }
+        let with_calls = |source: &str, keep: &dyn Fn(&String) -> bool| -> Schema {
+            let mut fields: Vec<Field> = buffered[source]
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.extend(
+                built
+                    .iter()
+                    .filter(|((s, c), _)| s == source && keep(c))
+                    .map(|(_, (f, _))| f.clone()),
+            );
+            Schema::new(fields)
+        };
+        for source in plan.calls.keys() {
+            let schema = Arc::new(with_calls(source, &|_| true));
+            let table = derive::derived_table(source);
+            self.register(&table, schema, Vec::new())
+                .map_err(|e| EngineError::Input {
+                    table,
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut queries: Vec<Query> = self.spec.queries.iter().map(|q| q.query.clone()).collect();
+        let mut used: BTreeSet<(String, String)> = BTreeSet::new();
+        for (i, rewritten) in plan.queries.into_iter().enumerate() {
+            let Some(rewritten) = rewritten else { continue };
+            if !rewritten.uses.iter().all(|u| built.contains_key(u)) {
+                continue;
+            }
+            let q = &self.spec.queries[i];
+            let sql =
+                rewrite::for_window(&rewritten.query, q.window.ending_at(q.window.width_ms()));
+            let same = match self.ctx.sql(&sql).await {
+                Ok(df) => same_columns(df.schema().as_arrow(), &outputs[i]),
+                Err(e) => {
+                    tracing::debug!(file = %q.file, line = q.line, error = %e, "rewritten query does not plan");
+                    false
+                }
+            };
+            if same {
+                queries[i] = rewritten.query;
+                used.extend(rewritten.uses);
+            } else {
+                tracing::info!(
+                    file = %q.file,
+                    line = q.line,
+                    "this query's UDF calls run once per window, not once per row"
+                );
+            }
+        }
+        self.queries = queries;
+        for (name, source) in &mut self.sources {
+            let keep = |c: &String| used.contains(&(name.clone(), c.clone()));
+            let schema = Arc::new(with_calls(name, &keep));
+            let calls: Vec<RowCall> = built
+                .iter()
+                .filter(|((s, c), _)| s == name && keep(c))
+                .map(|(_, (_, call))| call.clone())
+                .collect();
+            let unchanged = schema == source.buffered_schema
+                && calls
+                    .iter()
+                    .map(|c| &c.sql)
+                    .eq(source.row_calls.iter().map(|c| &c.sql));
+            if !unchanged {
+                // Rows buffered before the calls changed (UDFs registered after rows came in).
+                let declared: Vec<usize> = (0..source.schema.fields().len()).collect();
+                let mut batches = Vec::with_capacity(source.batches.len());
+                for (batch, ts) in source.batches.drain(..) {
+                    let plain = batch.project(&declared)?;
+                    batches.push((with_row_calls(name, plain, &schema, &calls)?, ts));
+                }
+                source.batches = batches;
+            }
+            source.buffered_schema = schema;
+            source.row_calls = calls;
+        }
+        Ok(())
+    }
+
+    /// Query `query` of the spec as the engine runs it: row-level UDF calls on a source's
+    /// columns read the hidden columns computed as rows arrive ([`derive`]), once validated.
+    pub fn running_sql(&self, query: usize) -> Option<String> {
+        self.queries.get(query).map(ToString::to_string)
     }
 
     /// Counters so far.
@@ -414,6 +589,7 @@ impl Engine {
         if on_time.num_rows() == 0 {
             return Ok(());
         }
+        let on_time = with_row_calls(table, on_time, &source.buffered_schema, &source.row_calls)?;
         let ts = event_times(on_time.column(source.ts_index))
             .map_err(|e| input_err(format!("event time column: {e}")))?;
         let newest = ts.values().iter().copied().max();
@@ -501,7 +677,17 @@ impl Engine {
                 }
             }
             any_rows |= !rows.is_empty();
-            tables.push((name.clone(), s.schema.clone(), rows));
+            if !s.row_calls.is_empty() {
+                let declared: Vec<usize> = (0..s.schema.fields().len()).collect();
+                let plain = rows
+                    .iter()
+                    .map(|b| b.project(&declared))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tables.push((derive::derived_table(name), s.buffered_schema.clone(), rows));
+                tables.push((name.clone(), s.schema.clone(), plain));
+            } else {
+                tables.push((name.clone(), s.schema.clone(), rows));
+            }
         }
         if !any_rows {
             return Ok(());
@@ -516,7 +702,7 @@ impl Engine {
         for (name, schema, rows) in tables {
             self.register(&name, schema, rows).map_err(exec_err)?;
         }
-        let sql = rewrite::for_window(&q.query, window);
+        let sql = rewrite::for_window(&self.queries[qi], window);
         let batches = self
             .ctx
             .sql(&sql)
@@ -550,6 +736,42 @@ impl Engine {
         self.ctx.register_table(name, Arc::new(table))?;
         Ok(())
     }
+}
+
+/// `batch` (the declared columns) with the row-level calls' columns added, as `schema`.
+fn with_row_calls(
+    table: &str,
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    calls: &[RowCall],
+) -> Result<RecordBatch, EngineError> {
+    if calls.is_empty() {
+        return Ok(batch);
+    }
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    for call in calls {
+        let column = call
+            .expr
+            .evaluate(&batch)
+            .and_then(|v| v.into_array(rows))
+            .map_err(|source| EngineError::RowCall {
+                table: table.to_string(),
+                call: call.sql.clone(),
+                source,
+            })?;
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Whether two query outputs have the same column names and types, in order.
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 /// An event-time column (any timestamp unit, or integer milliseconds) as milliseconds.
