@@ -18,8 +18,10 @@
 //! `[start, end)` span across slides — enough for growth against the previous slide in SQL.
 //!
 //! A UDF call on a source's columns (`cluster_of(message)`) runs once per row, when the row
-//! arrives, not once per window the row falls in ([`derive`]), as in Arroyo.
+//! arrives, not once per window the row falls in ([`derive`]), as in Arroyo; and the constant
+//! window is not hashed as a `GROUP BY` key ([`constant_keys`]).
 
+mod constant_keys;
 pub mod convert;
 mod derive;
 pub mod rewrite;
@@ -255,7 +257,7 @@ impl Engine {
         Self {
             queries: spec.queries.iter().map(|q| q.query.clone()).collect(),
             spec,
-            ctx: SessionContext::new(),
+            ctx: session(),
             udf_names: BTreeSet::new(),
             sources,
             sink,
@@ -736,6 +738,13 @@ impl Engine {
         self.ctx.register_table(name, Arc::new(table))?;
         Ok(())
     }
+}
+
+/// A DataFusion session that groups by constant windows without hashing them.
+fn session() -> SessionContext {
+    let ctx = SessionContext::new();
+    ctx.add_optimizer_rule(Arc::new(constant_keys::ConstantGroupKeys));
+    ctx
 }
 
 /// `batch` (the declared columns) with the row-level calls' columns added, as `schema`.
