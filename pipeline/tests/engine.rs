@@ -521,6 +521,16 @@ fn expected_tag_counts() -> Vec<(i64, String, String)> {
     want
 }
 
+/// (window start s, the tag in `column`, n) of each output row, sorted.
+fn tag_counts(got: &[(Window, Row)], column: &str) -> Vec<(i64, String, String)> {
+    let mut counts: Vec<_> = got
+        .iter()
+        .map(|(w, r)| (w.start_ms / 1000, r[column].clone(), r["n"].clone()))
+        .collect();
+    counts.sort();
+    counts
+}
+
 #[tokio::test]
 async fn a_udf_on_a_source_column_runs_once_per_row_not_once_per_window() {
     let (got, calls, running) = run_hop_with_tag(
@@ -533,12 +543,7 @@ async fn a_udf_on_a_source_column_runs_once_per_row_not_once_per_window() {
         "each row once, not once per window it falls in (5)"
     );
     assert!(!running.contains("tag("), "{running}");
-    let mut counts: Vec<(i64, String, String)> = got
-        .iter()
-        .map(|(w, r)| (w.start_ms / 1000, r["k"].clone(), r["n"].clone()))
-        .collect();
-    counts.sort();
-    assert_eq!(counts, expected_tag_counts());
+    assert_eq!(tag_counts(&got, "k"), expected_tag_counts());
 }
 
 #[tokio::test]
@@ -552,12 +557,7 @@ async fn a_udf_whose_unnamed_result_names_a_column_still_runs_per_window() {
     .await;
     assert!(running.contains("tag(k)"), "{running}");
     assert!(calls >= 50, "{calls}: each row in each of its 5 windows");
-    let mut counts: Vec<(i64, String, String)> = got
-        .iter()
-        .map(|(w, r)| (w.start_ms / 1000, r["tag(t.k)"].clone(), r["n"].clone()))
-        .collect();
-    counts.sort();
-    assert_eq!(counts, expected_tag_counts());
+    assert_eq!(tag_counts(&got, "tag(t.k)"), expected_tag_counts());
 }
 
 // ---------------------------------------------------------------- sql/incident.sql end to end
