@@ -4,19 +4,27 @@
 #   nginx   → upstream  (plain reverse proxy, keep-alive pool)
 #   enforcer→ upstream  (release build, 50 inactive policies loaded on the route)
 #   enforcer_kafka → upstream (the same, with `events.sink: kafka`), when LAG_KAFKA_BROKERS is
-#                       set (`eval "$(deploy/services.sh env)"`): the distributed mode's cost
+#                       set (`eval "$(deploy/services.sh env)"`): the distributed mode's cost;
+#                       with --kafka-linger "5 100", one such path per producer linger.ms
 # Fixed rate (oha -q, open loop at 1,000 req/s) gives p50/p95/p99 latency; saturation (wrk)
-# gives maximum requests per second. Only 127.0.0.1 is ever targeted.
+# gives maximum requests per second, measured in --rounds rounds that visit every path in turn
+# (the median is reported, and each round's ratios, since one run on two shared cores is noisy).
+# Only 127.0.0.1 is ever targeted.
 #
-# Usage: deploy/bench/overhead.sh [--rate 1000] [--duration 20] [--connections 64]
+# Usage: deploy/bench/overhead.sh [--rate 1000] [--duration 20] [--connections 64] [--rounds 3]
+#                                 [--kafka-linger "MS ..."]
 # Installs wrk and nginx (Debian) and oha (crates.io) when missing.
 set -euo pipefail
 
 RATE=1000
 DURATION=20
 CONNS=64
+ROUNDS=3
+LINGERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --kafka-linger) LINGERS="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
@@ -27,9 +35,21 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/lag-overhead.XXXXXX)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/lag-target/ci}"
-UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 ADMIN_PORT=18184 GWK_PORT=18185 ADMINK_PORT=18186
+UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 ADMIN_PORT=18184
+declare -A PORT=([direct]=$UP_PORT [nginx]=$NGINX_PORT [enforcer]=$GW_PORT)
+declare -A LINGER=()
 PATHS="direct nginx enforcer"
-[ -n "${LAG_KAFKA_BROKERS:-}" ] && PATHS="$PATHS enforcer_kafka"
+KAFKA_PATHS=""
+if [ -n "${LAG_KAFKA_BROKERS:-}" ]; then
+  if [ -z "$LINGERS" ]; then
+    KAFKA_PATHS="enforcer_kafka"
+  else
+    for ms in $LINGERS; do KAFKA_PATHS="$KAFKA_PATHS enforcer_kafka_${ms}ms"; LINGER[enforcer_kafka_${ms}ms]=$ms; done
+  fi
+  port=18185
+  for name in $KAFKA_PATHS; do PORT[$name]=$port; port=$((port + 2)); done
+  PATHS="$PATHS $KAFKA_PATHS"
+fi
 
 pids=()
 cleanup() {
@@ -116,21 +136,24 @@ for _ in $(seq 1 50); do
 done
 curl -fsS "127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^enforcer_policies_live 50' || { echo "policies not loaded" >&2; exit 1; }
 
-if [ -n "${LAG_KAFKA_BROKERS:-}" ]; then
-  sed -e "s/127.0.0.1:$GW_PORT/127.0.0.1:$GWK_PORT/; s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$ADMINK_PORT/" \
-      -e "s|events: { sink: discard }|events: { sink: kafka, kafka: { brokers: \"$LAG_KAFKA_BROKERS\", topic_prefix: \"bench.\" } }|" \
-      "$WORK/enforcer.yaml" >"$WORK/enforcer-kafka.yaml"
-  RUST_LOG=warn "$BIN" run --config "$WORK/enforcer-kafka.yaml" 2>"$WORK/enforcer-kafka.log" &
+for name in $KAFKA_PATHS; do
+  gwk=${PORT[$name]} admink=$((PORT[$name] + 1))
+  linger=""
+  [ -n "${LINGER[$name]:-}" ] && linger=", linger_ms: ${LINGER[$name]}"
+  sed -e "s/127.0.0.1:$GW_PORT/127.0.0.1:$gwk/; s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$admink/" \
+      -e "s|events: { sink: discard }|events: { sink: kafka, kafka: { brokers: \"$LAG_KAFKA_BROKERS\", topic_prefix: \"bench.\"$linger } }|" \
+      "$WORK/enforcer.yaml" >"$WORK/$name.yaml"
+  RUST_LOG=warn "$BIN" run --config "$WORK/$name.yaml" 2>"$WORK/$name.log" &
   pids+=($!)
-  wait_port "$GWK_PORT"
+  wait_port "$gwk"
   for _ in $(seq 1 50); do
-    curl -fsS "127.0.0.1:$ADMINK_PORT/metrics" | grep -q '^enforcer_policies_live 50' && break
+    curl -fsS "127.0.0.1:$admink/metrics" | grep -q '^enforcer_policies_live 50' && break
     sleep 0.1
   done
-fi
+done
 
 # Warm every path's connection pools.
-port_of() { case $1 in direct) echo $UP_PORT ;; nginx) echo $NGINX_PORT ;; enforcer) echo $GW_PORT ;; enforcer_kafka) echo $GWK_PORT ;; esac; }
+port_of() { echo "${PORT[$1]}"; }
 for name in $PATHS; do port=$(port_of "$name"); wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 
 fixed() { # port → "p50 p95 p99" in ms
@@ -141,11 +164,20 @@ saturate() { # port → requests/s
   wrk -t2 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'
 }
 
-declare -A P50 P95 P99 RPS ACH
+declare -A P50 P95 P99 RPS ACH ROUND
 for name in $PATHS; do
   port=$(port_of "$name")
   read -r P50[$name] P95[$name] P99[$name] ACH[$name] < <(fixed "$port")
-  RPS[$name]=$(saturate "$port")
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for name in $PATHS; do
+    ROUND[$name]="${ROUND[$name]:-} $(saturate "$(port_of "$name")")"
+  done
+done
+median() { python3 -c 'import statistics,sys; print("%.2f" % statistics.median(map(float, sys.argv[1:])))' "$@"; }
+for name in $PATHS; do
+  # shellcheck disable=SC2086 # one word per round
+  RPS[$name]=$(median ${ROUND[$name]})
 done
 
 echo
@@ -157,4 +189,14 @@ for name in $PATHS; do
   if [ "$name" = direct ]; then a50=-; a95=-; a99=-; else
     a50=$(add "${P50[$name]}" "${P50[direct]}"); a95=$(add "${P95[$name]}" "${P95[direct]}"); a99=$(add "${P99[$name]}" "${P99[direct]}"); fi
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "${P50[$name]}" "${P95[$name]}" "${P99[$name]}" "$a50" "$a95" "$a99" "${ACH[$name]}" "${RPS[$name]}"
+done
+echo
+echo "max req/s (wrk) per round, $ROUNDS rounds of ${DURATION}s visiting the paths in turn:"
+for name in $PATHS; do echo "  $name:${ROUND[$name]}"; done
+ratios() { # a b → per-round a/b and the median
+  python3 -c 'import statistics,sys; a,b=(list(map(float,x.split())) for x in sys.argv[1:3]); r=[x/y for x,y in zip(a,b)]; print(" ".join("%.2f" % v for v in r), "(median %.2f)" % statistics.median(r))' "${ROUND[$1]}" "${ROUND[$2]}"
+}
+echo "  enforcer / nginx per round: $(ratios enforcer nginx)"
+for name in $KAFKA_PATHS; do
+  echo "  $name / enforcer per round: $(ratios "$name" enforcer)"
 done
