@@ -391,11 +391,12 @@ impl Job {
         }
     }
 
-    /// Pushes records through the engine; a failed window evaluation is logged and counted.
+    /// Pushes records through the engine; a failure (a UDF call on the arriving rows, or a
+    /// window evaluation) is logged and counted.
     async fn push(&mut self, batch: &[schemas::GatewayRecord]) {
         if let Err(e) = self.engine.push_records(batch).await {
             self.metrics.errors.with_label_values(&["engine"]).inc();
-            tracing::error!(error = %e, records = batch.len(), "window evaluation failed");
+            tracing::error!(error = %e, records = batch.len(), "the engine failed on pushed records");
         }
     }
 
