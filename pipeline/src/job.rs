@@ -197,6 +197,9 @@ pub struct Job {
     last_engine: crate::engine::EngineStats,
     /// A snapshot the publisher refused, retried on the next tick.
     pending: Option<PolicySnapshot>,
+    /// When the tick last handed the shared cluster index the templates assigned while it was
+    /// down (a dead index costs one request timeout per attempt, so not every tick).
+    last_index_sync: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Job {
@@ -256,6 +259,7 @@ impl Job {
             command_tx,
             last_engine: Default::default(),
             pending: None,
+            last_index_sync: None,
         })
     }
 
@@ -410,6 +414,21 @@ impl Job {
             tracing::error!(error = %e, "window evaluation failed");
         }
         self.prune();
+        // Templates assigned while the shared cluster index was down go to it once it answers
+        // (also on the next new template the index assigns); tried every 30 s at most.
+        if self
+            .last_index_sync
+            .is_none_or(|t| t.elapsed() >= INDEX_SYNC_EVERY)
+        {
+            self.last_index_sync = Some(std::time::Instant::now());
+            let handed = udfs::sql::sync_shared_index();
+            if handed > 0 {
+                tracing::info!(
+                    templates = handed,
+                    "handed the shared cluster index the templates assigned while it was down"
+                );
+            }
+        }
         let mut step = lock(&self.decider).expire(wall_ms());
         if step.snapshot.is_none() {
             step.snapshot = self.pending.take();
@@ -564,6 +583,9 @@ impl Job {
         }
     }
 }
+
+/// How often the tick hands the shared cluster index what was assigned while it was down.
+const INDEX_SYNC_EVERY: Duration = Duration::from_secs(30);
 
 const PHASES: &[&str] = &[
     "MONITORING",

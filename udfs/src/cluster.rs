@@ -614,6 +614,27 @@ impl ClusterStore {
         cluster_id.to_owned()
     }
 
+    /// Moves a known template, with its weight, to the cluster named `cluster_id` (created
+    /// when this store has not seen it): a shared index decided differently from this store.
+    /// Returns whether it moved.
+    pub fn move_to(&mut self, template: u64, cluster_id: &str) -> bool {
+        let Some(t) = self.templates.get(&template) else {
+            return false;
+        };
+        if self
+            .clusters
+            .get(&t.cluster)
+            .is_some_and(|c| c.id == cluster_id)
+        {
+            return false;
+        }
+        let (name, vector, evidence, weight) =
+            (t.name, t.vector.clone(), t.evidence.clone(), t.weight);
+        self.forget(template);
+        self.assign_to(template, name, vector, evidence, weight, cluster_id);
+        true
+    }
+
     /// Forgets a template (evicted by the miner); empty clusters disappear.
     pub fn forget(&mut self, template: u64) {
         let Some(t) = self.templates.remove(&template) else {

@@ -9,7 +9,7 @@
 //! taken from it without embedding, a new one is embedded and offered to it. When the index
 //! fails the local store decides, as without one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::cluster::{ClusterConfig, ClusterStore, EmbedFailure, TextEmbedder};
@@ -44,6 +44,24 @@ pub struct ClustererStats {
     pub assigned_shared: u64,
     /// Shared-index calls that failed (the local store decided instead).
     pub shared_failures: u64,
+    /// Templates assigned locally while the shared index failed, handed to it later.
+    pub synced_back: u64,
+    /// Templates assigned locally while the shared index failed that were not kept for it
+    /// (more than [`MAX_UNSYNCED`] waiting).
+    pub unsynced_dropped: u64,
+}
+
+/// Most templates kept for a shared index that is down.
+pub const MAX_UNSYNCED: usize = 10_000;
+
+/// A template the local store assigned while the shared index failed.
+#[derive(Debug)]
+struct Unsynced {
+    key: u64,
+    template_id: u64,
+    template: String,
+    vector: Vec<f32>,
+    evidence: Evidence,
 }
 
 /// Miner + evidence + embedder + clusters.
@@ -63,6 +81,8 @@ pub struct FailureClusterer {
     pub recluster_max_templates: usize,
     /// Vectors shared with other replicas, asked before the model runs.
     vector_cache: Option<Arc<dyn VectorCache>>,
+    /// Templates assigned locally while the shared index failed, oldest first.
+    unsynced: VecDeque<Unsynced>,
 }
 
 impl std::fmt::Debug for FailureClusterer {
@@ -109,6 +129,7 @@ impl FailureClusterer {
             recluster_every: 0,
             recluster_max_templates: 3000,
             vector_cache: None,
+            unsynced: VecDeque::new(),
         }
     }
 
@@ -250,12 +271,26 @@ impl FailureClusterer {
         let cluster_id = match decided {
             Some(Ok(id)) => {
                 self.stats.assigned_shared += 1;
-                self.store.assign_to(key, template_id, vector, ev, 1.0, &id)
+                let id = self.store.assign_to(key, template_id, vector, ev, 1.0, &id);
+                // The index answers again: hand it what was decided while it did not.
+                self.sync_shared();
+                id
             }
             Some(Err(_)) => {
                 // Fail safe: the local store decides; the index's implementation has logged
-                // and counted the failure.
+                // and counted the failure. The index gets the template once it answers.
                 self.stats.shared_failures += 1;
+                if self.unsynced.len() < MAX_UNSYNCED {
+                    self.unsynced.push_back(Unsynced {
+                        key,
+                        template_id,
+                        template: template.clone(),
+                        vector: vector.clone(),
+                        evidence: ev.clone(),
+                    });
+                } else {
+                    self.stats.unsynced_dropped += 1;
+                }
                 self.store.assign(key, template_id, vector, ev, 1.0)
             }
             None => self.store.assign(key, template_id, vector, ev, 1.0),
@@ -279,6 +314,48 @@ impl FailureClusterer {
             group,
             cluster_id,
         })
+    }
+
+    /// Hands the shared index the templates assigned locally while it failed, oldest first,
+    /// stopping at the first failure. A template the index puts in another cluster (another
+    /// replica got there first) moves there with its weight, so replicas and a restart agree
+    /// again. Returns how many were handed over.
+    pub fn sync_shared(&mut self) -> usize {
+        let Some(index) = self.shared.as_ref().filter(|_| !self.unsynced.is_empty()) else {
+            return 0;
+        };
+        let config = self.store.config().clone();
+        let mut handed = 0;
+        while let Some(u) = self.unsynced.front() {
+            let decided = index.assign(
+                &NewTemplate {
+                    template_id: u.template_id,
+                    template: &u.template,
+                    vector: &u.vector,
+                    evidence: &u.evidence,
+                },
+                &config,
+            );
+            match decided {
+                Ok(cluster_id) => {
+                    let key = u.key;
+                    self.unsynced.pop_front();
+                    self.store.move_to(key, &cluster_id);
+                    handed += 1;
+                }
+                Err(_) => {
+                    self.stats.shared_failures += 1;
+                    break;
+                }
+            }
+        }
+        self.stats.synced_back += handed as u64;
+        handed
+    }
+
+    /// Templates assigned locally while the shared index failed, not yet handed to it.
+    pub fn unsynced(&self) -> usize {
+        self.unsynced.len()
     }
 
     /// Re-clusters all templates now (ids stay stable by overlap); returns moved templates.
@@ -503,6 +580,38 @@ mod tests {
         );
         assert_eq!(fresh.stats().embedded, 0);
         assert!(fresh.process("an unseen failure").is_err(), "would embed");
+    }
+
+    #[test]
+    fn templates_assigned_while_the_index_was_down_are_handed_to_it_when_it_answers() {
+        let index = MemoryIndex::default();
+        let mut a = clusterer(&index);
+        *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let local = a.process(MESSAGES[1]).unwrap().cluster_id;
+        assert_eq!((a.unsynced(), a.sync_shared()), (1, 0), "still down: kept");
+
+        // Meanwhile another replica, with the index up, founds the cluster of the same failure.
+        *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        let mut b = clusterer(&index);
+        let shared = b.process(MESSAGES[3]).unwrap().cluster_id;
+        assert_ne!(local, shared, "decided apart");
+
+        assert_eq!(a.sync_shared(), 1);
+        assert_eq!((a.unsynced(), a.stats().synced_back), (0, 1));
+        assert_eq!(
+            a.process(MESSAGES[1]).unwrap().cluster_id,
+            shared,
+            "the replica now agrees with the index"
+        );
+        // A replica that restarts gets the template from the index, without embedding.
+        let mut fresh = FailureClusterer::new(Arc::new(NoEmbedder));
+        assert_eq!(
+            fresh
+                .attach_shared_index(Box::new(index.clone()))
+                .unwrap_or_default(),
+            2
+        );
+        assert_eq!(fresh.process(MESSAGES[1]).unwrap().cluster_id, shared);
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub fn install_shared_index(index: Box<dyn SharedClusterIndex>) -> Result<usize,
     with_clusterer(|c| c.attach_shared_index(index))
 }
 
+/// Hands the shared cluster index the templates the process-wide clusterer assigned locally
+/// while the index failed ([`FailureClusterer::sync_shared`]); returns how many.
+pub fn sync_shared_index() -> usize {
+    with_clusterer(FailureClusterer::sync_shared)
+}
+
 /// What the process-wide clusterer did so far.
 pub fn clusterer_stats() -> ClustererStats {
     with_clusterer(|c| c.stats())
