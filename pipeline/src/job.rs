@@ -428,6 +428,10 @@ impl Job {
                     "handed the shared cluster index the templates assigned while it was down"
                 );
             }
+            if handed == udfs::clusterer::SYNC_BATCH {
+                // A backlog and the index answers: go on at the next tick, a batch at a time.
+                self.last_index_sync = None;
+            }
         }
         let mut step = lock(&self.decider).expire(wall_ms());
         if step.snapshot.is_none() {

@@ -54,6 +54,11 @@ pub struct ClustererStats {
 /// Most templates kept for a shared index that is down.
 pub const MAX_UNSYNCED: usize = 10_000;
 
+/// Most kept templates handed to the shared index per call of
+/// [`FailureClusterer::sync_shared`], so a backlog never stalls the caller for long (one
+/// index round trip each).
+pub const SYNC_BATCH: usize = 32;
+
 /// A template the local store assigned while the shared index failed.
 #[derive(Debug)]
 struct Unsynced {
@@ -273,7 +278,7 @@ impl FailureClusterer {
                 self.stats.assigned_shared += 1;
                 let id = self.store.assign_to(key, template_id, vector, ev, 1.0, &id);
                 // The index answers again: hand it what was decided while it did not.
-                self.sync_shared();
+                self.sync_shared(SYNC_BATCH);
                 id
             }
             Some(Err(_)) => {
@@ -316,17 +321,19 @@ impl FailureClusterer {
         })
     }
 
-    /// Hands the shared index the templates assigned locally while it failed, oldest first,
-    /// stopping at the first failure. A template the index puts in another cluster (another
-    /// replica got there first) moves there with its weight, so replicas and a restart agree
-    /// again. Returns how many were handed over.
-    pub fn sync_shared(&mut self) -> usize {
+    /// Hands the shared index up to `max` of the templates assigned locally while it failed,
+    /// oldest first, stopping at the first failure. A template the index puts in another
+    /// cluster (another replica got there first) moves there with its weight, so replicas and
+    /// a restart agree again. Returns how many were handed over.
+    pub fn sync_shared(&mut self, max: usize) -> usize {
         let Some(index) = self.shared.as_ref().filter(|_| !self.unsynced.is_empty()) else {
             return 0;
         };
         let config = self.store.config().clone();
         let mut handed = 0;
-        while let Some(u) = self.unsynced.front() {
+        while handed < max
+            && let Some(u) = self.unsynced.front()
+        {
             let decided = index.assign(
                 &NewTemplate {
                     template_id: u.template_id,
@@ -588,7 +595,7 @@ mod tests {
         let mut a = clusterer(&index);
         *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = true;
         let local = a.process(MESSAGES[1]).unwrap().cluster_id;
-        assert_eq!((a.unsynced(), a.sync_shared()), (1, 0), "still down: kept");
+        assert_eq!((a.unsynced(), a.sync_shared(8)), (1, 0), "still down: kept");
 
         // Meanwhile another replica, with the index up, founds the cluster of the same failure.
         *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = false;
@@ -596,7 +603,7 @@ mod tests {
         let shared = b.process(MESSAGES[3]).unwrap().cluster_id;
         assert_ne!(local, shared, "decided apart");
 
-        assert_eq!(a.sync_shared(), 1);
+        assert_eq!(a.sync_shared(8), 1);
         assert_eq!((a.unsynced(), a.stats().synced_back), (0, 1));
         assert_eq!(
             a.process(MESSAGES[1]).unwrap().cluster_id,
@@ -612,6 +619,20 @@ mod tests {
             2
         );
         assert_eq!(fresh.process(MESSAGES[1]).unwrap().cluster_id, shared);
+    }
+
+    #[test]
+    fn a_backlog_is_handed_over_a_batch_at_a_time() {
+        let index = MemoryIndex::default();
+        let mut c = clusterer(&index);
+        *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        for m in [MESSAGES[0], MESSAGES[1], "disk full on /var/lib/postgresql"] {
+            c.process(m).unwrap();
+        }
+        *index.fail.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        assert_eq!((c.sync_shared(2), c.unsynced()), (2, 1));
+        assert_eq!((c.sync_shared(2), c.unsynced()), (1, 0));
+        assert_eq!(index.restore().unwrap().len(), 3);
     }
 
     #[test]

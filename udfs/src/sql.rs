@@ -15,7 +15,7 @@ use schemas::Dimensions;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{NgramEmbedder, TextEmbedder};
-use crate::clusterer::{ClustererStats, FailureClusterer};
+use crate::clusterer::{ClustererStats, FailureClusterer, SYNC_BATCH};
 use crate::shared::{SharedClusterIndex, SharedIndexError};
 use crate::vector_cache::VectorCache;
 
@@ -63,10 +63,11 @@ pub fn install_shared_index(index: Box<dyn SharedClusterIndex>) -> Result<usize,
     with_clusterer(|c| c.attach_shared_index(index))
 }
 
-/// Hands the shared cluster index the templates the process-wide clusterer assigned locally
-/// while the index failed ([`FailureClusterer::sync_shared`]); returns how many.
+/// Hands the shared cluster index up to [`SYNC_BATCH`] of the templates the process-wide
+/// clusterer assigned locally while the index failed ([`FailureClusterer::sync_shared`]);
+/// returns how many.
 pub fn sync_shared_index() -> usize {
-    with_clusterer(FailureClusterer::sync_shared)
+    with_clusterer(|c| c.sync_shared(SYNC_BATCH))
 }
 
 /// What the process-wide clusterer did so far.
