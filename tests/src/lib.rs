@@ -19,14 +19,36 @@ pub enum ServiceRequirement {
 pub fn service_requirement(var: &str, value: Option<&str>, ci: Option<&str>) -> ServiceRequirement {
     match value.map(str::trim) {
         Some(v) if !v.is_empty() => ServiceRequirement::Available(v.to_owned()),
-        _ => {
-            let how = "start the services with `bash deploy/services.sh up` and \
-                       `eval \"$(bash deploy/services.sh env)\"`";
-            if ci == Some("true") {
-                ServiceRequirement::Fail(format!("{var} is unset under CI=true: {how}"))
-            } else {
-                ServiceRequirement::Skip(format!("skipping: {var} is unset ({how})"))
-            }
+        _ => missing(
+            &format!("{var} is unset"),
+            "start the services with `bash deploy/services.sh up` and \
+             `eval \"$(bash deploy/services.sh env)\"`",
+            ci,
+        ),
+    }
+}
+
+/// What a test does without something it needs (`what`, and `how` to get it): skip
+/// locally, fail under `CI=true`, where every test runs.
+fn missing(what: &str, how: &str, ci: Option<&str>) -> ServiceRequirement {
+    if ci == Some("true") {
+        ServiceRequirement::Fail(format!("{what} under CI=true: {how}"))
+    } else {
+        ServiceRequirement::Skip(format!("skipping: {what} ({how})"))
+    }
+}
+
+/// `found`, or — when a test lacks that tool — a printed skip, or under `CI=true` a panic
+/// (the same rule as [`require_service`]).
+pub fn require_tool<T>(found: Option<T>, what: &str, how: &str) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    match missing(what, how, std::env::var("CI").ok().as_deref()) {
+        ServiceRequirement::Fail(why) => panic!("{why}"),
+        ServiceRequirement::Skip(why) | ServiceRequirement::Available(why) => {
+            eprintln!("{why}");
+            None
         }
     }
 }
